@@ -1,0 +1,33 @@
+# Two entry points: `make run` (set up, make the demo data once, start the app) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+
+.PHONY: run test setup demo demo-model bench clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+# The built-in teaching dataset; generated once (about a minute), reused afterwards.
+demo: setup
+	$(PY) -m cxrcore demo --out data/demo --if-missing
+
+run: demo
+	$(PY) -m streamlit run Home.py --server.address $(HOST) --server.port $(PORT)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

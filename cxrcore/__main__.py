@@ -1,0 +1,6 @@
+"""`python -m cxrcore ...`: see cxrcore.cli."""
+import sys
+
+from cxrcore.cli import main
+
+sys.exit(main())
