@@ -1,0 +1,73 @@
+"""Class balance page sections: the course's two charts, the weights table, the loss explorer."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from cxrcore.audit import class_balance
+from cxrcore.catalog import split_role
+from cxrcore.dataset import Split
+from cxrcore.labels import LABELS
+from dashboard import charts
+from dashboard.widgets import teaching_note
+
+
+def pick_split(splits: dict[str, Split], key: str, role: str = "train", label: str = "Split") -> Split:
+    """A split selector defaulting to the first split with the given role."""
+    names = list(splits)
+    default = next((i for i, n in enumerate(names) if split_role(n) == role), 0)
+    return splits[st.selectbox(label, names, index=default, key=key)]
+
+
+def weights_table(classes: pd.DataFrame) -> pd.DataFrame:
+    table = classes[["positives", "negatives", "pos_freq", "neg_freq", "w_pos", "w_neg",
+                     "pos_contribution", "neg_contribution"]].copy()
+    return table.reset_index()
+
+
+def render_balance(split: Split) -> pd.DataFrame:
+    """The two course charts and the weights table for one split; returns the balance table."""
+    classes = class_balance(split.labels)
+    st.plotly_chart(charts.positive_negative_bars(classes), width="stretch")
+    teaching_note("why the imbalance matters",
+                  "With far more negatives than positives, plain binary cross-entropy is dominated by "
+                  "the negatives: a model that always predicts a low probability already has a small "
+                  "loss. Weighting each class so that positives and negatives contribute equally fixes "
+                  "that.",
+                  [r"\mathrm{freq}_{pos} = \frac{\#\,\text{positives}}{N},\qquad"
+                   r" \mathrm{freq}_{neg} = 1 - \mathrm{freq}_{pos}"],
+                  always=True)
+    st.plotly_chart(charts.positive_negative_bars(classes, weighted=True), width="stretch")
+    teaching_note("the weighted loss",
+                  "Choose w_pos = freq_neg and w_neg = freq_pos. Then the positive contribution "
+                  "freq_pos x w_pos equals the negative one freq_neg x w_neg for every class: the bars "
+                  "above are the same height.",
+                  [r"w_{pos} = \mathrm{freq}_{neg},\qquad w_{neg} = \mathrm{freq}_{pos}",
+                   r"\mathcal{L} = \sum_{k=1}^{14} \frac{1}{N}\sum_{i=1}^{N}\Big(-w_{pos,k}\,y_{ik}"
+                   r"\log(\hat p_{ik}+\epsilon) - w_{neg,k}\,(1-y_{ik})\log(1-\hat p_{ik}+\epsilon)\Big)"],
+                  always=True)
+    st.dataframe(weights_table(classes), hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.4f") for c in
+        ("pos_freq", "neg_freq", "w_pos", "w_neg", "pos_contribution", "neg_contribution")})
+    return classes
+
+
+def render_loss_explorer(classes: pd.DataFrame) -> None:
+    """Pick a class: its loss against the predicted probability for y=1 and y=0, with and without weights."""
+    st.subheader("The loss for one class")
+    label = st.selectbox("Class", LABELS, index=LABELS.index("Cardiomegaly"), key="loss_class")
+    row = classes.loc[label]
+    p = st.slider("Predicted probability", 0.01, 0.99, 0.5, 0.01, key="loss_probability")
+    st.plotly_chart(charts.loss_curves(float(row["w_pos"]), float(row["w_neg"]), label), width="stretch")
+    import math
+
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("loss if y=1", f"{-math.log(p):.3f}")
+    c2.metric("weighted, y=1", f"{-row['w_pos'] * math.log(p):.3f}")
+    c3.metric("loss if y=0", f"{-math.log(1 - p):.3f}")
+    c4.metric("weighted, y=0", f"{-row['w_neg'] * math.log(1 - p):.3f}")
+    teaching_note("reading the curves",
+                  f"Only {row['pos_freq']:.1%} of images are {label}-positive. Unweighted, a missed "
+                  "positive costs as much per image as a false alarm, but negatives are so many more "
+                  "that they dominate the sum. The weights scale each curve so that both groups weigh "
+                  "the same in total.")

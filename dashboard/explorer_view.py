@@ -1,0 +1,121 @@
+"""Dataset explorer sections: sizes, class frequencies, co-occurrence, demographics, image grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from cxrcore.audit import summarize
+from cxrcore.dataset import IMAGE, PATIENT, Split
+from cxrcore.labels import LABELS, NO_FINDING
+from dashboard import charts
+from dashboard.loaders import ActiveDataset, thumbnail
+
+GRID_COLUMNS = 6
+PAGE_SIZE = 24
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _summaries(_splits: list[Split], key: tuple) -> list:
+    return [summarize(s) for s in _splits]
+
+
+def render_overview(dataset: ActiveDataset) -> list:
+    from dashboard.loaders import split_key
+
+    splits = dataset.split_list
+    summaries = _summaries(splits, split_key(splits))
+    st.dataframe(pd.DataFrame([{
+        "split": s.name, "images": s.rows, "patients": s.patients,
+        "images per patient": round(s.rows / max(s.patients, 1), 2),
+        "No Finding": f"{s.no_finding_share:.1%}", "source": s.source} for s in summaries]),
+        hide_index=True, width="stretch")
+    st.plotly_chart(charts.class_frequency_by_split(summaries), width="stretch")
+    return summaries
+
+
+def render_structure(summaries: list) -> None:
+    left, right = st.columns([3, 2])
+    with left:
+        names = [s.name for s in summaries]
+        chosen = st.selectbox("Co-occurrence in split", names, key="explorer_cooc_split")
+        summary = summaries[names.index(chosen)]
+        st.plotly_chart(charts.cooccurrence_heatmap(summary.cooccurrence, f"Label co-occurrence: {chosen}"),
+                        width="stretch")
+    with right:
+        st.plotly_chart(charts.labels_per_image(summaries), width="stretch")
+
+
+def render_demographics(dataset: ActiveDataset) -> None:
+    splits = dataset.splits
+    present = [c for c in ("Age", "Sex", "View") if all(c in s.frame for s in splits.values())]
+    if not present:
+        st.caption("No age, sex or view position columns in these files (the NIH table has them).")
+        return
+    columns = st.columns(len(present))
+    for column, name in zip(columns, present):
+        values = {n: s.frame[name] for n, s in splits.items()}
+        column.plotly_chart(charts.metadata_histogram(values, name, numeric=name == "Age"), width="stretch")
+
+
+def findings_text(row: pd.Series) -> str:
+    return ", ".join(label for label in LABELS if row[label]) or NO_FINDING
+
+
+def filter_images(splits: dict[str, Split], split_names: list[str], label: str, patient: str) -> pd.DataFrame:
+    """Rows of the chosen splits matching a label ('any', 'No Finding' or a class) and a patient id."""
+    parts = []
+    for name in split_names:
+        frame = splits[name].frame
+        rows = frame[[IMAGE, PATIENT, *LABELS]].assign(split=name)
+        if label == NO_FINDING:
+            rows = rows[rows[list(LABELS)].sum(axis=1) == 0]
+        elif label in LABELS:
+            rows = rows[rows[label] == 1]
+        if patient.strip():
+            try:
+                rows = rows[rows[PATIENT] == int(patient)]
+            except ValueError:
+                st.warning(f"Patient id '{patient}' is not a number; showing all patients.")
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+@st.dialog("Image", width="large")
+def _enlarge(path: str, caption: str) -> None:
+    st.image(path, caption=caption, width="stretch")
+
+
+def render_grid(dataset: ActiveDataset) -> None:
+    """Thumbnails with filters (label, split, patient); click to enlarge."""
+    st.subheader("Images")
+    if dataset.image_root is None:
+        st.info("This dataset has no image folder (put images in images/ or images-small/ beside the CSVs).")
+        return
+    c1, c2, c3 = st.columns([2, 2, 1])
+    split_names = c1.multiselect("Splits", list(dataset.splits), default=list(dataset.splits)[:1],
+                                 key="explorer_grid_splits")
+    label = c2.selectbox("Label", ["any", NO_FINDING, *LABELS], key="explorer_grid_label")
+    patient = c3.text_input("Patient id", key="explorer_grid_patient")
+    rows = filter_images(dataset.splits, split_names, label, patient)
+    if rows.empty:
+        st.info("No image matches these filters.")
+        return
+    pages = max(1, -(-len(rows) // PAGE_SIZE))
+    page = st.number_input(f"Page (of {pages}; {len(rows):,} images)", 1, pages, 1, key="explorer_grid_page")
+    shown = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    grid = st.columns(GRID_COLUMNS)
+    root = Path(dataset.image_root)
+    for i, row in enumerate(shown.itertuples(index=False)):
+        cell = grid[i % GRID_COLUMNS]
+        series = pd.Series(row._asdict())
+        path = root / row.Image
+        caption = f"{row.Image} · {row.split}\n{findings_text(series)}"
+        thumb = thumbnail(str(path), path.stat().st_mtime) if path.is_file() else None
+        if thumb is None:
+            cell.caption(f"{row.Image}: missing or unreadable")
+            continue
+        cell.image(thumb, caption=caption, width="stretch")
+        if cell.button("Enlarge", key=f"enlarge_{row.split}_{row.Image}"):
+            _enlarge(str(path), caption)

@@ -1,0 +1,93 @@
+"""Cached loading: datasets, audits and thumbnails are computed once per input and shared by pages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from cxrcore.audit import AuditReport, run_audit
+from cxrcore.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
+from cxrcore.dataset import Split, load_split
+from dashboard.state import DATASET_KEY, data_root
+
+UPLOADED = "Uploaded files"
+UPLOADS_KEY = "uploaded_splits"
+
+
+@dataclass
+class ActiveDataset:
+    """What pages work on: named splits, and the image folder and boxes when there are any."""
+
+    name: str
+    splits: dict[str, Split]
+    image_root: Path | None = None
+    bbox_file: Path | None = None
+    entry: DatasetEntry | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def split_list(self) -> list[Split]:
+        return list(self.splits.values())
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def datasets() -> list[DatasetEntry]:
+    """Dataset folders under the data root (re-scanned every 30 s, it only lists names)."""
+    return discover_datasets(data_root())
+
+
+@st.cache_data(show_spinner="Loading the dataset's split files...", max_entries=8)
+def _entry_splits(root: str, stamp: tuple) -> dict[str, Split]:
+    entry = describe_folder(Path(root))
+    return load_entry_splits(entry)
+
+
+def entry_splits(entry: DatasetEntry) -> dict[str, Split]:
+    return _entry_splits(str(entry.root), entry.stamp)
+
+
+@st.cache_data(show_spinner="Reading the uploaded file...", max_entries=64)
+def uploaded_split(data: bytes, file_name: str, split_name: str) -> Split:
+    """A split from an uploaded file's bytes (cached by content)."""
+    return load_split(data, name=file_name, split_name=split_name)
+
+
+@st.cache_data(show_spinner="Auditing the splits...", max_entries=16)
+def audit(_splits: list[Split], key: tuple) -> AuditReport:
+    """Audit without images (fast); `key` identifies the inputs since Split objects are not hashed."""
+    return run_audit(_splits)
+
+
+def split_key(splits: list[Split]) -> tuple:
+    """A cheap, content-aware cache key for a list of splits."""
+    return tuple((s.name, s.source, len(s), int(s.patients.sum() % 1_000_003),
+                  int(s.labels.sum())) for s in splits)
+
+
+def active_dataset() -> ActiveDataset | None:
+    """The dataset chosen in the sidebar, loaded (cached); None when there is none at all."""
+    choice = st.session_state.get(DATASET_KEY)
+    if choice == UPLOADED and st.session_state.get(UPLOADS_KEY):
+        return ActiveDataset(name=UPLOADED, splits=dict(st.session_state[UPLOADS_KEY]))
+    entries = datasets()
+    entry = next((e for e in entries if e.name == choice), entries[0] if entries else None)
+    if entry is None:
+        return None
+    return ActiveDataset(name=entry.name, splits=entry_splits(entry), image_root=entry.image_root,
+                         bbox_file=entry.bbox_file, entry=entry)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail(path: str, mtime: float, size: int = 192) -> np.ndarray | None:
+    """A small uint8 grayscale preview of an image file; None when it cannot be decoded."""
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None
+    scale = size / max(image.shape)
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)

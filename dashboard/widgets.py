@@ -1,0 +1,61 @@
+"""Widgets shared by every page: error display, teaching notes, uploads, verdict banners."""
+from __future__ import annotations
+
+import logging
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
+
+import streamlit as st
+
+from cxrcore.errors import CxrError, DataWarning
+from dashboard.state import teaching_mode
+
+log = logging.getLogger("cxr_dashboard")
+
+
+class _Stop(Exception):
+    """Raised inside `user_errors` to end a page section after an error was shown."""
+
+
+@contextmanager
+def user_errors(what: str = "") -> Iterator[None]:
+    """Show domain errors as a plain st.error and keep the page alive; never a traceback on screen."""
+    try:
+        yield
+    except CxrError as err:
+        st.error(f"{what + ': ' if what else ''}{err}", icon=":material/error:")
+    except _Stop:
+        pass
+    except Exception as err:  # noqa: BLE001 - the UI edge: log the trace, show one line
+        log.error("unexpected error%s:\n%s", f" in {what}" if what else "", traceback.format_exc())
+        st.error(f"{what + ': ' if what else ''}unexpected {type(err).__name__}: {err}. "
+                 "The details are in the server log.", icon=":material/error:")
+
+
+def show_warnings(warnings: list[DataWarning], limit: int = 5) -> None:
+    """Data warnings in one collapsed box, distinct from errors."""
+    if not warnings:
+        return
+    with st.expander(f"{len(warnings)} warning(s) about the input files", icon=":material/warning:"):
+        for warning in warnings[:limit]:
+            st.warning(str(warning))
+        if len(warnings) > limit:
+            st.caption(f"... and {len(warnings) - limit} more.")
+
+
+def teaching_note(title: str, body: str, latex: list[str] | None = None, *, always: bool = False) -> None:
+    """An explanation for students: shown when teaching mode is on (or `always`), in an expander."""
+    if not (always or teaching_mode()):
+        return
+    with st.expander(f"Teaching note: {title}", expanded=teaching_mode(), icon=":material/school:"):
+        st.markdown(body)
+        for formula in latex or []:
+            st.latex(formula)
+
+
+def stat_row(items: list[tuple[str, str | int | float]]) -> None:
+    """A row of st.metric boxes."""
+    columns = st.columns(len(items))
+    for column, (label, value) in zip(columns, items):
+        column.metric(label, f"{value:,}" if isinstance(value, int) else value)

@@ -1,0 +1,99 @@
+"""Helpers for page and browser tests: a small dataset on disk, a live server, a headless browser."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrcore.labels import LABELS
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def make_course_dataset(folder: Path, patients: int = 40, per_patient: int = 3, size: int = 64,
+                        seed: int = 0) -> Path:
+    """Course layout: train/valid/test CSVs, a valid_leaky.csv sharing patients with train, images/."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for patient in range(1, patients + 1):
+        base = rng.random((size, size))
+        for follow_up in range(per_patient):
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            image = np.clip(base + 0.05 * rng.standard_normal((size, size)), 0, 1)
+            cv2.imwrite(str(folder / "images" / name), (image * 255).astype(np.uint8))
+            rows.append([name, *(rng.random(len(LABELS)) < 0.15).astype(int), patient])
+    frame = pd.DataFrame(rows, columns=["Image", *LABELS, "PatientId"])
+    n_train, n_valid = int(patients * 0.7), int(patients * 0.15)
+    train = frame[frame.PatientId <= n_train]
+    valid = frame[(frame.PatientId > n_train) & (frame.PatientId <= n_train + n_valid)]
+    test = frame[frame.PatientId > n_train + n_valid]
+    train.to_csv(folder / "train.csv", index=False)
+    valid.to_csv(folder / "valid.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    leaky = pd.concat([valid.iloc[: len(valid) // 2], train[train.PatientId <= 3]])
+    leaky.to_csv(folder / "valid_leaky.csv", index=False)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StreamlitServer:
+    """`streamlit run Home.py` on loopback, in its own process group, stopped on exit."""
+
+    def __init__(self, data_root: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CXR_DATA_ROOT": str(data_root), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(self.port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"streamlit exited early; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"streamlit did not answer in {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).exists() or shutil.which("chromium") is not None

@@ -1,0 +1,33 @@
+"""Shared fixtures: quiet TensorFlow, a small dataset folder, a live Streamlit server and a browser."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def app_data_root(tmp_path_factory) -> Path:
+    """A data root with one small course-layout dataset ('mini') that has a leaky validation split."""
+    from tests.app_support import make_course_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_course_dataset(root / "mini")
+    return root
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

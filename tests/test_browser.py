@@ -1,0 +1,80 @@
+"""Real browser: Debian's chromium, headless, driven by Playwright against `streamlit run` on loopback.
+
+Every page opens without an exception block; screenshots land in test-artifacts/ for people to look at.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.app_support import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, chromium_available
+
+PAGES = [
+    ("", "CXR Dashboard"),
+    ("dataset_explorer", "Dataset explorer"),
+    ("leakage_audit", "Leakage audit"),
+    ("class_balance", "Class balance and weighted loss"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(app_data_root, artifacts_dir):
+    app = StreamlitServer(app_data_root, artifacts_dir / "streamlit-browser.log")
+    try:
+        app.wait()
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not chromium_available():
+        if os.environ.get("CXR_SKIP_BROWSER") == "1":
+            pytest.skip("CXR_SKIP_BROWSER=1 and no chromium")
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
+                    "browser tests never download a browser.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
+    """Wait for Streamlit to finish running the script (no 'Running...' status widget)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app && app.getAttribute('data-test-script-state') === 'notRunning'
+                && document.querySelectorAll('[data-testid="stSkeleton"]').length === 0
+                && document.querySelector('h1') !== null;
+        }""", timeout=timeout_ms)
+    page.wait_for_timeout(500)
+
+
+@pytest.mark.parametrize("path,title", PAGES)
+def test_page_opens_without_exception(server, browser, artifacts_dir, path, title):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server.url}/{path}", wait_until="domcontentloaded")
+        wait_until_idle(page)
+        assert page.locator("h1", has_text=title).first.is_visible()
+        exceptions = page.locator('[data-testid="stException"]')
+        assert exceptions.count() == 0, exceptions.first.inner_text()
+        page.screenshot(path=str(artifacts_dir / f"page-{path or 'home'}.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def test_audit_page_shows_verdict(server, browser, artifacts_dir):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server.url}/leakage_audit", wait_until="domcontentloaded")
+        wait_until_idle(page)
+        page.get_by_text("Clean: no patient or image is shared between splits.").wait_for(timeout=30_000)
+    finally:
+        page.close()

