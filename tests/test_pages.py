@@ -84,3 +84,20 @@ def test_no_dataset_at_all_gives_guidance_not_an_error(tmp_path, monkeypatch):
     for page in ("pages/dataset_explorer.py", "pages/class_balance.py", "pages/leakage_audit.py"):
         at = open_page(at, page)
         assert not at.error
+
+
+def test_fix_the_split_repairs_and_resplits(app):
+    at = open_page(app, "pages/leakage_audit.py")
+    at.multiselect(key="audit_splits_mini").set_value(["train", "valid_leaky"]).run()
+    assert any(s.value.startswith("Moved") and "no patient is in two splits" in s.value for s in at.success)
+    at.button(key="fix_stratify").click().run()
+    assert not at.exception
+    assert any(s.value.startswith("Split ") and "no patient is in two splits" in s.value for s in at.success)
+
+
+def test_fix_the_split_with_bad_fractions_shows_an_error(app):
+    at = open_page(app, "pages/leakage_audit.py")
+    at.number_input(key="fix_fraction_train_valid_test_train").set_value(0.9).run()
+    at.button(key="fix_stratify").click().run()
+    assert not at.exception
+    assert any("fraction" in e.value.lower() for e in at.error), [e.value for e in at.error]
