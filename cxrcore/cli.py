@@ -21,7 +21,10 @@ EXIT_OK, EXIT_FOUND, EXIT_INVALID = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors already; keep its message to one line plus usage."""
+    """Usage errors follow the contract too: exit 2 with one line on stderr (usage via --help)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INVALID, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _command_modules() -> list[ModuleType]:
@@ -36,7 +39,7 @@ def _command_modules() -> list[ModuleType]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m cxrcore", description="Chest X-ray toolkit: audit, split, demo data, "
                      "training, evaluation and class activation maps.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for module in _command_modules():
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import hashlib
 import io
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -97,7 +99,7 @@ def _read_bytes(source: str | Path | bytes, display: str) -> bytes:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise DatasetError(f"the gzip file is damaged ({err}).", file=display,
                                fix="download or copy it again.") from None
     return data
@@ -186,13 +188,15 @@ def _missing_column_error(wanted: list[str], columns: list[str], display: str, w
                         fix=f"rename the columns to the names above; columns found: {', '.join(columns[:20])}.")
 
 
-def check_image_names(names: pd.Series, display: str) -> None:
-    """Refuse names that could resolve outside the image root: separators, '..', empty, absolute."""
+def check_image_names(names: pd.Series, display: str, lines: np.ndarray | None = None) -> None:
+    """Refuse names that could resolve outside the image root: separators, '..', empty, absolute.
+
+    `lines` gives each name's line number in the file (default: CSV data rows after a header)."""
     text = names.astype(str)
     bad = (text.str.strip() == "") | text.str.contains(r"[/\\\x00]", regex=True) | (text.str.strip() == "..") \
         | text.str.match(r"^[A-Za-z]:")
     if bad.any():
-        rows = _lines(bad.to_numpy())
+        rows = _lines(bad.to_numpy()) if lines is None else [int(n) for n in np.asarray(lines)[bad.to_numpy()]]
         example = text[bad.to_numpy()].iloc[0]
         raise DatasetError(f"image name '{example[:80]}' is not a plain file name (empty, a path, or '..').",
                            file=display, rows=rows, column=IMAGE,
@@ -215,6 +219,19 @@ def patient_from_names(names: pd.Series) -> pd.Series:
     return number.where(nih)
 
 
+#: Numeric patient ids at or above this are not exact in float64; they are treated as text.
+_EXACT_ID_LIMIT = 2 ** 53
+
+
+def _stable_ids(raw: pd.Series) -> np.ndarray:
+    """A number per distinct text id that is the same in every file (so leakage across files is
+    found), drawn from [2**53, 2**62) so it never collides with a numeric id."""
+    codes, uniques = pd.factorize(raw)
+    numbers = [_EXACT_ID_LIMIT + int.from_bytes(hashlib.blake2b(str(u).encode(), digest_size=8).digest(), "big")
+               % (2 ** 62 - _EXACT_ID_LIMIT) for u in uniques]
+    return np.asarray(numbers, dtype=np.int64)[codes]
+
+
 def _patient_ids(frame: pd.DataFrame, image_col: str, patient_col: str | None, display: str,
                  warnings: list[DataWarning]) -> np.ndarray:
     names = frame[image_col].astype(str)
@@ -228,17 +245,21 @@ def _patient_ids(frame: pd.DataFrame, image_col: str, patient_col: str | None, d
                                fix="add a PatientId column so leakage can be checked per patient.")
         return inferred.to_numpy(dtype=np.int64)
     raw = frame[patient_col].astype(str).str.strip()
+    blank = raw.isin(["", "nan", "NaN", "NA", "None"]).to_numpy()
+    if blank.any():
+        raise DatasetError("has empty PatientId values.", file=display, rows=_lines(blank), column=patient_col,
+                           fix="fill in every patient id (or drop the column if the image names are NIH-style).")
     ids = pd.to_numeric(raw, errors="coerce")
-    bad = ids.isna() | (ids % 1 != 0)
+    bad = ids.isna() | (ids % 1 != 0) | (ids.abs() >= _EXACT_ID_LIMIT)
     if bad.any():
         # Non-numeric patient ids (e.g. "patient00012"): keep a stable integer per distinct id.
         digits = raw.str.extract(r"(\d+)$")[0]
         ids = pd.to_numeric(digits, errors="coerce")
-        if ids.isna().any() or raw[~raw.duplicated()].size != ids[~raw.duplicated()].nunique():
-            codes, _ = pd.factorize(raw)
-            warnings.append(DataWarning("patient ids are not numbers; they were numbered in order of "
-                                        "appearance.", file=display, column=patient_col))
-            return codes.astype(np.int64) + 1
+        if ids.isna().any() or (ids >= _EXACT_ID_LIMIT).any() \
+                or raw[~raw.duplicated()].size != ids[~raw.duplicated()].nunique():
+            warnings.append(DataWarning("patient ids are not numbers; each distinct id was given a stable "
+                                        "number (the same in every file).", file=display, column=patient_col))
+            return _stable_ids(raw)
     ids = ids.to_numpy(dtype=np.int64)
     known = ~inferred.isna().to_numpy()
     disagree = known & (inferred.to_numpy(dtype=float, na_value=np.nan) != ids)
@@ -255,9 +276,16 @@ def _patient_ids(frame: pd.DataFrame, image_col: str, patient_col: str | None, d
 # Format a) the course's one-hot CSV
 
 
+_BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1}
+
+
 def _parse_binary(values: pd.Series, column: str, display: str) -> np.ndarray:
-    text = values.str.strip()
-    mapped = text.map({"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1, "false": 0, "true": 1})
+    # Factorize first: a label column holds a handful of distinct strings, so map those, not every row.
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    text = pd.Series(uniques, dtype=object).astype(str).str.strip()
+    table = text.map(_BINARY).to_numpy(dtype=float)
+    mapped = pd.Series(table[codes])
+    text = pd.Series(np.asarray(text, dtype=object)[codes])
     bad = mapped.isna().to_numpy()
     if bad.any():
         example = text[bad].iloc[0]
@@ -280,8 +308,12 @@ def _from_onehot(raw: pd.DataFrame, display: str) -> tuple[pd.DataFrame, list[Da
     label_cols: dict[str, str] = {}
     for column in columns:
         label = canonical_label(column)
-        if label is not None and label not in label_cols and column != image_col:
-            label_cols[label] = column
+        if label is None or column == image_col:
+            continue
+        if label in label_cols:
+            raise DatasetError(f"columns '{label_cols[label]}' and '{column}' both mean {label}.", file=display,
+                               rows=[1], fix="keep one column per label.")
+        label_cols[label] = column
     missing = [label for label in LABELS if label not in label_cols]
     if image_col is None:
         raise _missing_column_error([IMAGE], columns, display, "image")
@@ -369,15 +401,17 @@ def read_list_file(source: str | Path | bytes, name: str | None = None) -> list[
     """Image names from a list file, one a line; blank lines ignored, duplicates refused."""
     display = _display_name(source, name)
     text = _decode_text(_read_bytes(source, display), display)
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    names = [name for _, name in numbered]
     if not names:
         raise DatasetError("the list file is empty.", file=display, fix="put one image name a line.")
     series = pd.Series(names)
-    check_image_names(series, display)
+    lines = np.array([i for i, _ in numbered], dtype=np.int64)
+    check_image_names(series, display, lines=lines)
     dup = series.duplicated(keep=False).to_numpy()
     if dup.any():
         raise DatasetError(f"image '{series[dup].iloc[0]}' is listed more than once.", file=display,
-                           rows=[int(i) + 1 for i in np.flatnonzero(dup)], fix="list each image once.")
+                           rows=[int(i) for i in lines[dup]], fix="list each image once.")
     return names
 
 
@@ -402,8 +436,16 @@ def select_images(table: Split, names: list[str], *, name: str, list_display: st
 
 
 def detect_format(header: list[str]) -> str:
-    """Which supported layout a header belongs to: FORMAT_NIH or FORMAT_ONEHOT."""
-    return FORMAT_NIH if NIH_FINDINGS in header else FORMAT_ONEHOT
+    """Which supported layout a header belongs to: FORMAT_NIH or FORMAT_ONEHOT.
+
+    A header without any label column but with 'Image Index' or a near miss of 'Finding Labels' is
+    NIH, so a misspelt column is reported as such (with a suggestion), not as 14 missing labels."""
+    if NIH_FINDINGS in header:
+        return FORMAT_NIH
+    if not any(canonical_label(c) for c in header) and (
+            NIH_IMAGE in header or difflib.get_close_matches(NIH_FINDINGS, header, n=1, cutoff=0.8)):
+        return FORMAT_NIH
+    return FORMAT_ONEHOT
 
 
 def load_table(source: str | Path | bytes, *, name: str | None = None, split_name: str | None = None) -> Split:

@@ -133,12 +133,14 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int, max_bucket: int = 2
 
     Multi-index hashing: split the hash into threshold + 1 chunks; by the pigeonhole principle a
     near pair agrees exactly on at least one chunk, so only bucket mates are compared (no n^2 scan).
+    Buckets larger than `max_bucket` are compared in blocks of rows (about max_bucket**2 distances at
+    a time), so memory stays bounded and no pair is ever skipped.
     """
     hashes = np.asarray(hashes, dtype=np.uint64)
     n = hashes.size
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
-    chunks = max(1, min(threshold + 1, 16))
+    chunks = max(1, min(threshold + 1, HASH_BITS))
     bounds = np.linspace(0, HASH_BITS, chunks + 1).astype(int)
     found: set[tuple[int, int]] = set()
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -151,11 +153,15 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int, max_bucket: int = 2
         for start, end in zip(starts, ends):
             if end - start < 2:
                 continue
-            members = order[start:min(end, start + max_bucket)]
-            dist = hamming(hashes[members][:, None], hashes[members][None, :])
-            ii, jj = np.nonzero(np.triu(dist <= threshold, k=1))
-            for i, j in zip(members[ii], members[jj]):
-                found.add((int(min(i, j)), int(max(i, j))))
+            members = order[start:end]
+            step = max(1, max_bucket * max_bucket // members.size)
+            for block in range(0, members.size, step):
+                rows = members[block:block + step]
+                dist = hamming(hashes[rows][:, None], hashes[members][None, :])
+                ii, jj = np.nonzero(dist <= threshold)
+                keep = jj > ii + block  # each unordered pair once, never an image with itself
+                for i, j in zip(rows[ii[keep]], members[jj[keep]]):
+                    found.add((int(min(i, j)), int(max(i, j))))
     return np.array(sorted(found), dtype=np.int64).reshape(-1, 2)
 
 

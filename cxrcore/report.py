@@ -24,7 +24,8 @@ def summary_to_dict(summary: SplitSummary) -> dict:
             "no_finding_share": summary.no_finding_share,
             "labels_per_image": {str(k): v for k, v in summary.labels_per_image.items()},
             "cooccurrence": {"labels": list(LABELS), "counts": summary.cooccurrence.tolist()},
-            "metadata": summary.metadata}
+            "metadata": {column: {k: _num(v) for k, v in values.items()}
+                         for column, values in summary.metadata.items()}}
 
 
 def verdict(report: AuditReport) -> str:
