@@ -1,0 +1,123 @@
+"""`predict`: probabilities for every image of a split, with the model's own size and normalization.
+
+    python -m cxrcore predict --model PATH --split FILE --images DIR --out PREDS.csv [--batch N]
+        [--normalize-from TRAIN_FILE] [--shard I/N] [--cache DIR | --no-cache]
+    python -m cxrcore predict --merge PART.csv [PART.csv ...] --out PREDS.csv
+
+Output: `Image` plus one `prob_<Label>` column per class the model predicts. Results are cached per
+(model file, split) under --cache (default cache/predictions). Several GPUs on one machine are used
+through MirroredStrategy; --shard I/N predicts the I-th of N contiguous blocks (I from 1) so several
+machines can share a split, and --merge joins their outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+NAME = "predict"
+HELP = "Predict a split with a model (batch inference, cached), or merge sharded prediction files."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH", help="a .keras or .h5 model file")
+    parser.add_argument("--split", metavar="FILE", help="labels file (course CSV, NIH table or TABLE@LIST)")
+    parser.add_argument("--images", metavar="DIR", help="image folder")
+    parser.add_argument("--out", required=True, metavar="CSV", help="where to write the predictions")
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    parser.add_argument("--normalize-from", metavar="FILE",
+                        help="training split to fit 'dataset' normalization on when the model lacks it "
+                             "(the course's .h5 files)")
+    parser.add_argument("--shard", metavar="I/N", help="predict only the I-th of N blocks of the split")
+    parser.add_argument("--cache", default="cache/predictions", metavar="DIR", help="prediction cache folder")
+    parser.add_argument("--no-cache", action="store_true", help="always recompute")
+    parser.add_argument("--merge", nargs="+", metavar="CSV", help="merge shard outputs into --out instead")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from cxrcore.errors import ConfigError
+
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard '{text}' is not I/N.", fix="write e.g. --shard 2/4.") from None
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard {text}: I must be between 1 and N.", fix="write e.g. --shard 1/4.")
+    return index, count
+
+
+def merge(parts: list[str], out: str) -> int:
+    import numpy as np
+
+    from cxrcore.errors import PredictionsError
+    from cxrcore.predictions import read_predictions, write_predictions
+
+    loaded = [read_predictions(p) for p in parts]
+    labels = loaded[0].labels
+    for part in loaded[1:]:
+        if list(part.labels) != list(labels):
+            raise PredictionsError("shards predict different classes.", file=part.file,
+                                   fix="merge outputs of the same model only.")
+    images = [name for part in loaded for name in part.images]
+    write_predictions(out, images, np.concatenate([part.probs for part in loaded]), labels=labels)
+    print(f"merged {len(parts)} file(s), {len(images)} images -> {out}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxrcore.errors import ConfigError
+
+    if args.merge:
+        return merge(args.merge, args.out)
+    missing = [flag for flag, value in (("--model", args.model), ("--split", args.split),
+                                        ("--images", args.images)) if not value]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}.", fix="see python -m cxrcore predict --help.")
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {args.batch}.")
+    from cxrcore.commands.audit import load_named_splits
+    from cxrcore.inference import cached_predictions, fit_normalization
+    from cxrcore.registry import describe_model
+
+    split = load_named_splits([f"split={args.split}"])[0]
+    if args.shard:
+        index, count = _shard(args.shard)
+        bounds = [round(i * len(split) / count) for i in range(count + 1)]
+        split.frame = split.frame.iloc[bounds[index - 1]:bounds[index]].reset_index(drop=True)
+    entry = describe_model(Path(args.model), Path(args.model).stem)
+    loaded = _load(args.model, entry.info)
+    if not loaded.info.normalization.fitted:
+        if not args.normalize_from:
+            raise ConfigError("this model uses 'dataset' normalization without stored mean/std.",
+                              file=args.model, fix="pass --normalize-from TRAIN_FILE (the course fits it on "
+                                                   "100 training images).")
+        train = load_named_splits([f"train={args.normalize_from}"])[0]
+        loaded = fit_normalization(loaded, train, args.images)
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if not args.quiet:
+            print(f"\r{stage}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+
+    cache = Path(args.cache) if not args.no_cache else Path(args.out).parent / ".predict-tmp"
+    path = cached_predictions(cache, entry.fingerprint, loaded, split, args.images, batch_size=args.batch,
+                              progress=progress)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, args.out)
+    if args.no_cache:
+        path.unlink(missing_ok=True)
+    print(f"{len(split)} images -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _load(path: str, info):
+    """Load the model, under MirroredStrategy when several GPUs are visible."""
+    import tensorflow as tf
+
+    from cxrcore.model import load_model
+
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        with tf.distribute.MirroredStrategy().scope():
+            return load_model(path, info)
+    return load_model(path, info)

@@ -1,0 +1,90 @@
+"""Batch prediction of a split with a model, using the model's own input size and normalization.
+
+Predictions are cached as CSV files keyed by (model fingerprint, split fingerprint), so the Results
+page and the CLI compute each model's predictions on a split once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cxrcore.dataset import IMAGE, Split
+from cxrcore.labels import LABELS
+from cxrcore.model import LoadedModel
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def split_fingerprint(split: Split, image_root: str | os.PathLike) -> str:
+    """Identifies the images a prediction covers: their names, order and folder."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(str(Path(image_root).resolve()).encode())
+    for name in split.frame[IMAGE].astype(str):
+        digest.update(name.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def fit_normalization(loaded: LoadedModel, train: Split, image_root: str | os.PathLike,
+                      sample_size: int = 100) -> LoadedModel:
+    """For `dataset` normalization without stored mean/std (the course's files): fit it on training images,
+    as the course's test generator does, and return the model with that info."""
+    if loaded.info.normalization.fitted:
+        return loaded
+    from cxrcore.pipeline import estimate_normalization
+
+    norm = estimate_normalization(train.frame, image_root, input_size=loaded.info.input_size,
+                                  sample_size=sample_size)
+    info = dataclasses.replace(loaded.info, normalization=norm,
+                               metadata={**loaded.info.metadata, "normalization_fitted_on": train.source})
+    return dataclasses.replace(loaded, info=info)
+
+
+def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLike, *, batch_size: int = 16,
+                  progress: ProgressCallback | None = None) -> np.ndarray:
+    """(n, 14) probabilities in LABELS order for every image of the split (NaN for labels the model lacks)."""
+    from cxrcore.model import reorder_outputs
+    from cxrcore.pipeline import image_dataset, resolve_image_paths
+
+    import keras
+
+    paths = resolve_image_paths(split.frame, image_root)
+    info = loaded.info
+    dataset = image_dataset(paths, input_size=info.input_size, batch_size=batch_size,
+                            normalization=info.normalization, memory_cache=False)
+    total, steps = len(paths), -(-len(paths) // batch_size)
+
+    class _Progress(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            if progress:
+                progress(min(total, (batch + 1) * batch_size), total, "predicting")
+
+    # model.predict spreads batches over every replica when the model was loaded under a
+    # MirroredStrategy (several GPUs); on one device it is a plain loop.
+    raw = np.asarray(loaded.model.predict(dataset, steps=steps, verbose=0, callbacks=[_Progress()]),
+                     dtype=np.float32)
+    return reorder_outputs(raw, info.labels, LABELS)
+
+
+def cached_predictions(cache_dir: str | os.PathLike, model_fingerprint: str, loaded: LoadedModel, split: Split,
+                       image_root: str | os.PathLike, *, batch_size: int = 16,
+                       progress: ProgressCallback | None = None) -> Path:
+    """Path of the split's prediction CSV for this model, computing and caching it when missing.
+
+    The key includes the normalization, so a course model fitted on another training split is new."""
+    from cxrcore.predictions import write_predictions
+
+    norm = hashlib.blake2b(repr(sorted(loaded.info.normalization.to_dict().items())).encode(),
+                           digest_size=4).hexdigest()
+    path = Path(cache_dir) / f"{model_fingerprint}{norm}_{split_fingerprint(split, image_root)}.csv"
+    if not path.is_file():
+        probs = predict_split(loaded, split, image_root, batch_size=batch_size, progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keep = [i for i, label in enumerate(LABELS) if not np.isnan(probs[:, i]).all()]
+        write_predictions(path, list(split.frame[IMAGE].astype(str)), probs[:, keep],
+                          labels=[LABELS[i] for i in keep])
+    return path
