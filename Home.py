@@ -12,6 +12,7 @@ PAGES = {
         st.Page("pages/leakage_audit.py", title="Leakage audit", icon=":material/policy:"),
         st.Page("pages/class_balance.py", title="Class balance and weighted loss", icon=":material/balance:"),
     ],
+    "Model": [st.Page("pages/results.py", title="Results", icon=":material/monitoring:")],
 }
 
 page = st.navigation(PAGES)

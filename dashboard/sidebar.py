@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.loaders import UPLOADED, UPLOADS_KEY, datasets
-from dashboard.state import DATASET_KEY, PENDING_DATASET_KEY, TEACHING_KEY, data_root
+from dashboard.state import DATASET_KEY, MODELS_KEY, PENDING_DATASET_KEY, TEACHING_KEY, data_root
 
 
 def render_sidebar() -> None:
@@ -29,5 +29,24 @@ def render_sidebar() -> None:
         else:
             st.warning(f"No dataset found under {data_root()}. Run `make run` to create the demo "
                        "dataset, or upload split files on the Home page.")
+        render_model_picker()
         st.toggle("Teaching mode", key=TEACHING_KEY,
                   help="Show the explanations and formulas on every page.")
+
+
+def render_model_picker() -> None:
+    """Active model(s): every usable model found under models/ and runs/."""
+    from dashboard.models import model_entries
+
+    entries = model_entries()
+    usable = [e.name for e in entries if e.usable]
+    if not usable:
+        st.caption("No model yet: train the demo model on the Training page, or put a model file in models/.")
+        return
+    current = [n for n in st.session_state.get(MODELS_KEY, []) if n in usable]
+    if MODELS_KEY not in st.session_state or not current:
+        st.session_state[MODELS_KEY] = usable[:1]
+    st.multiselect("Models", usable, key=MODELS_KEY, help="Models under models/ and trained runs under runs/.")
+    broken = [e for e in entries if e.kind == "broken"]
+    if broken:
+        st.caption(f"{len(broken)} model file(s) cannot be used (see Home).")

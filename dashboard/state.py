@@ -32,6 +32,11 @@ def runs_root() -> Path:
     return _root("CXR_RUNS_ROOT", "runs")
 
 
+def cache_root() -> Path:
+    """Predictions and decoded-image caches; safe to delete."""
+    return _root("CXR_CACHE_ROOT", "cache")
+
+
 def teaching_mode() -> bool:
     """True when the teaching toggle is on: every page shows its explanations."""
     return bool(st.session_state.get(TEACHING_KEY, False))

@@ -15,6 +15,7 @@ PAGES = [
     ("dataset_explorer", "Dataset explorer"),
     ("leakage_audit", "Leakage audit"),
     ("class_balance", "Class balance and weighted loss"),
+    ("results", "Results"),
 ]
 
 

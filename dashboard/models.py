@@ -1,0 +1,103 @@
+"""Models for the pages: discovery (cached briefly), loading (one copy per process), predictions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from cxrcore.dataset import Split
+from cxrcore.model import LoadedModel
+from cxrcore.predictions import Predictions, read_predictions
+from cxrcore.registry import ModelEntry, discover_models
+from dashboard.loaders import ActiveDataset
+from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def model_entries() -> list[ModelEntry]:
+    """Every model file under models/ and every run's best model (re-scanned every 10 s)."""
+    return discover_models(models_root(), runs_root())
+
+
+def usable_models() -> list[ModelEntry]:
+    return [e for e in model_entries() if e.usable]
+
+
+def active_models() -> list[ModelEntry]:
+    """The models chosen in the sidebar (all usable ones when none was chosen yet)."""
+    usable = {e.name: e for e in usable_models()}
+    chosen = [usable[n] for n in st.session_state.get(MODELS_KEY, []) if n in usable]
+    return chosen or list(usable.values())[:1]
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def loaded_model(path: str, fingerprint: str) -> LoadedModel:
+    """One loaded copy per model file per server process, shared by every session."""
+    from cxrcore.model import load_model
+    from cxrcore.registry import describe_model
+
+    return load_model(path, describe_model(Path(path), Path(path).stem).info)
+
+
+@st.cache_resource(show_spinner="Fitting the model's normalization on training images...", max_entries=8)
+def _fitted(path: str, fingerprint: str, _train: Split, train_key: str, image_root: str) -> LoadedModel:
+    from cxrcore.inference import fit_normalization
+
+    return fit_normalization(loaded_model(path, fingerprint), _train, image_root)
+
+
+def ready_model(entry: ModelEntry, dataset: ActiveDataset | None) -> LoadedModel:
+    """The loaded model, with `dataset` normalization fitted on the active dataset's training split
+    when the file does not store it (the course's .h5 files)."""
+    model = loaded_model(str(entry.path), entry.fingerprint)
+    if model.info.normalization.fitted:
+        return model
+    from cxrcore.catalog import split_role
+    from cxrcore.errors import ModelError
+
+    train = next((s for n, s in (dataset.splits.items() if dataset else []) if split_role(n) == "train"), None)
+    if train is None or dataset.image_root is None:
+        raise ModelError("this model needs 'dataset' normalization fitted on training images, and the active "
+                         "dataset has no training split with images.", file=str(entry.path),
+                         fix="choose a dataset with a train split and an image folder.")
+    return _fitted(str(entry.path), entry.fingerprint, train, train.source, str(dataset.image_root))
+
+
+def predictions_for(entry: ModelEntry, split: Split, dataset: ActiveDataset) -> Predictions:
+    """The model's predictions on a split of the active dataset, computed once (progress bar) and cached."""
+    from cxrcore.inference import cached_predictions
+
+    model = ready_model(entry, dataset)
+    bar = st.progress(0.0, text=f"Predicting {len(split):,} images with {entry.name}...")
+    path = cached_predictions(cache_root() / "predictions", entry.fingerprint, model, split, dataset.image_root,
+                              progress=lambda done, total, _: bar.progress(done / total,
+                                                                           text=f"{entry.name}: {done}/{total}"))
+    bar.empty()
+    return _read_cached(str(path), path.stat().st_mtime_ns)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _read_cached(path: str, mtime: int) -> Predictions:
+    return read_predictions(path)
+
+
+def model_sources(split: Split, dataset: ActiveDataset) -> tuple[dict[str, Predictions], dict[str, dict]]:
+    """Predictions of the sidebar's active models on a split, and what each was trained on (for the
+    leakage warning). Models that fail show an error and are left out; the others still evaluate."""
+    from dashboard.widgets import user_errors
+
+    sources: dict[str, Predictions] = {}
+    training: dict[str, dict] = {}
+    models = active_models()
+    if not models:
+        return sources, training
+    if dataset.image_root is None:
+        st.info("The active dataset has no image folder, so its models cannot predict it here; "
+                "use prediction files instead.")
+        return sources, training
+    for entry in models:
+        with user_errors(f"model '{entry.name}'"):
+            sources[entry.name] = predictions_for(entry, split, dataset)
+            if entry.train_split:
+                training[entry.name] = {"train_split": entry.train_split}
+    return sources, training
