@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 # The built-in teaching dataset; generated once (about a minute), reused afterwards.
 demo: setup
-	$(PY) -m cxrcore demo --out data/demo --if-missing
+	$(PY) -m cxrcore demo --out data/demo
 
 run: demo
 	$(PY) -m streamlit run Home.py --server.address $(HOST) --server.port $(PORT)

@@ -17,7 +17,7 @@ from cxrcore.dataset import Split, load_split, load_table
 IMAGE_DIR_NAMES = ("images", "images-small", "images_small", "imgs")
 #: Box files in NIH BBox_List_2017 format.
 BBOX_NAMES = ("bbox.csv", "BBox_List_2017.csv", "BBox_List_2017.csv.gz")
-_TABLE = re.compile(r"^(Data_Entry_2017.*|sample_labels)\.csv(\.gz)?$", re.IGNORECASE)
+_TABLE = re.compile(r"^(Data_Entry.*|sample_labels)\.csv(\.gz)?$", re.IGNORECASE)
 _LIST = re.compile(r"^(train_val|train|valid|val|test)_list\.txt$", re.IGNORECASE)
 _SKIP_CSV = re.compile(r"^(bbox.*|BBox_List.*|.*predictions.*|prob.*|split_report.*)\.csv$", re.IGNORECASE)
 
