@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from cxrcore.dataset import Split, load_split, load_table
 
 #: Image folder names tried in order (the course ships `images-small/`).
@@ -142,7 +144,27 @@ def load_entry_splits(entry: DatasetEntry) -> dict[str, Split]:
             out[name] = load_split(list_path, split_name=name, label_table=tables[table_path])
         else:
             out[name] = load_split(spec, split_name=name)
+    table_file = next((p for p in sorted(entry.root.iterdir()) if _TABLE.match(p.name)), None)
+    if table_file is not None and not tables:
+        # One-hot splits beside an NIH table (the demo set): take age, sex and view from the table.
+        metadata = load_table(table_file).frame
+        out = {name: attach_metadata(split, metadata) for name, split in out.items()}
     return out
+
+
+def attach_metadata(split: Split, table: pd.DataFrame) -> Split:
+    """Add the NIH table's metadata columns (age, sex, view, follow-up) that a split lacks, by image."""
+    from cxrcore.dataset import IMAGE, NIH_METADATA
+
+    columns = [c for c in NIH_METADATA.values() if c in table.columns and c not in split.frame.columns]
+    if not columns:
+        return split
+    extra = table.set_index(IMAGE)[columns].reindex(split.frame[IMAGE].to_numpy())
+    frame = split.frame.copy()
+    for column in columns:
+        frame[column] = extra[column].to_numpy()
+    return Split(name=split.name, frame=frame, source=split.source, format=split.format,
+                 warnings=split.warnings, original=split.original)
 
 
 def splits_from_files(files: list[tuple[str, bytes]]) -> list[Split]:

@@ -18,8 +18,13 @@ SPLIT_COLORS = ("#1f6feb", "#f0883e", "#2da44e", "#a371f7", "#db61a2", "#768390"
 
 
 def _layout(fig: go.Figure, height: int = 420, **kwargs) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), template="plotly_white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), **kwargs)
+    """Shared look; a titled figure gets room for its title above the legend."""
+    titled = bool(fig.layout.title.text)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=90 if titled else 40, b=10),
+                      template="plotly_white", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      **kwargs)
+    if titled:
+        fig.update_layout(title=dict(y=0.98, yanchor="top"))
     return fig
 
 
