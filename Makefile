@@ -20,6 +20,10 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m cxrcore demo --out data/demo
 
+# Optional: the small demo model (a couple of minutes on 2 CPU cores); the Training page offers it too.
+demo-model: demo
+	$(PY) -m cxrcore train --preset demo --dataset data/demo
+
 run: demo
 	$(PY) -m streamlit run Home.py --server.address $(HOST) --server.port $(PORT)
 

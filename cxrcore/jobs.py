@@ -1,0 +1,618 @@
+"""Run folders and training processes: create, launch detached, lock, heartbeat, list, cancel.
+
+A run folder `runs/<run_id>/` holds config.json, status.json (the heartbeat), metrics.csv,
+train.log, checkpoints/, best.keras and train.lock. One process trains a folder at a time: it holds
+an exclusive flock on train.lock for its whole life, which the kernel releases when it dies (even
+on kill -9), so "is it still running?" is answered by the lock and the pid, never by the heartbeat's
+age alone. No TensorFlow here: the app imports this module.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cxrcore.errors import ConfigError
+
+STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+CONFIG_FILE, STATUS_FILE, RUN_FILE = "config.json", "status.json", "run.json"
+METRICS_FILE, LOG_FILE, LOCK_FILE = "metrics.csv", "train.log", "train.lock"
+BEST_MODEL, CHECKPOINT_DIR = "best.keras", "checkpoints"
+LAST_CHECKPOINT, STATE_FILE = "last.keras", "state.json"
+TENSORBOARD_DIR, PREDICTIONS_DIR = "tensorboard", "predictions"
+#: Environment variable through which a launcher hands its locked train.lock descriptor to the child.
+LOCK_FD_ENV = "CXR_TRAIN_LOCK_FD"
+#: A heartbeat older than this, from a process on another host, means the run is gone.
+STALE_AFTER_S = 60.0
+#: How often a training process rewrites status.json at most (and at least, via its heartbeat thread).
+HEARTBEAT_S = 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Small file helpers
+# --------------------------------------------------------------------------------------------
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write through a temp file in the same folder, then os.replace: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
+    """JSON (NaN written as null) written atomically."""
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a file; ConfigError (naming the file) when missing, unreadable or not an object."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p.name} is missing.", file=str(p)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{p.name} is damaged ({type(err).__name__}: {err}).", file=str(p)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p.name} is not a JSON object.", file=str(p))
+    return data
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and the lock
+# --------------------------------------------------------------------------------------------
+
+def pid_alive(pid: Any) -> bool:
+    """True when a process with this pid exists on this host and is not a zombie."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a dead child not yet reaped by its parent (e.g. the Streamlit server) is a zombie
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        if state in (b"Z", b"X"):
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is ours
+            except ChildProcessError:
+                pass
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def lock_held(run_dir: str | os.PathLike) -> bool:
+    """True while some process holds train.lock (checked with a non-blocking shared flock)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the probe's own shared lock
+    return False
+
+
+def lock_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What train.lock says about its holder (pid, host, since); {} when unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8") or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class RunLock:
+    """The exclusive flock on `<run>/train.lock`, held for a training process's whole life."""
+
+    def __init__(self, run_dir: str | os.PathLike, fd: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, run_dir: str | os.PathLike, *, wait_s: float = 2.0, inherited: bool = True) -> "RunLock":
+        """Take the lock (or adopt the one a launcher passed in CXR_TRAIN_LOCK_FD); ConfigError when taken."""
+        run_dir = Path(run_dir)
+        path = run_dir / LOCK_FILE
+        raw = os.environ.get(LOCK_FD_ENV) if inherited else None
+        if raw:
+            os.environ.pop(LOCK_FD_ENV, None)
+            try:
+                fd = int(raw)
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except (ValueError, OSError):
+                same = False
+            if same:
+                lock = cls(run_dir, fd)
+                lock.write_owner()
+                return lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise already_running(run_dir) from None
+                time.sleep(0.1)
+        lock = cls(run_dir, fd)
+        lock.write_owner()
+        return lock
+
+    def write_owner(self, pid: int | None = None) -> None:
+        """Record the holder's pid and host in the lock file (for display and cancel)."""
+        text = json.dumps({"pid": pid or os.getpid(), "host": hostname(), "since": time.time()})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def already_running(run_dir: str | os.PathLike) -> ConfigError:
+    """The refusal for a second job on the same run folder."""
+    info = lock_info(run_dir)
+    who = f"process {info['pid']}" if info.get("pid") else "another process"
+    if info.get("host") and info["host"] != hostname():
+        who += f" on {info['host']}"
+    return ConfigError(f"this run folder is already being trained by {who}; only one job per run folder.",
+                       file=str(run_dir), fix="wait for it to finish or cancel it, or start a new run.")
+
+
+# --------------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------------
+
+class StatusWriter:
+    """Keeps a run's status dict and writes status.json atomically: on request, throttled, and from a heartbeat thread."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, min_interval_s: float = 1.0) -> None:
+        self.path = Path(run_dir) / STATUS_FILE
+        self.enabled = enabled
+        self.min_interval_s = min_interval_s
+        self.fields: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if enabled and self.path.is_file():
+            try:
+                self.fields = read_json(self.path)
+            except ConfigError:
+                self.fields = {}
+
+    def update(self, *, force: bool = False, **values: Any) -> None:
+        """Merge values; write now when forced or when the last write is older than min_interval_s."""
+        with self._lock:
+            self.fields.update(values)
+            if force or time.monotonic() - self._last >= self.min_interval_s:
+                self._write()
+
+    def _write(self) -> None:
+        if not self.enabled:
+            return
+        self.fields["updated"] = time.time()
+        try:
+            atomic_write_json(self.path, self.fields)
+        except OSError:
+            return  # a full disk must not kill training; the next beat retries
+        self._last = time.monotonic()
+
+    def start_heartbeat(self, interval_s: float = HEARTBEAT_S) -> None:
+        """Rewrite status.json every interval_s even while no batch ends (data loading, validation)."""
+        if not self.enabled or self._thread is not None:
+            return
+
+        def beat() -> None:
+            while not self._stop.wait(interval_s):
+                with self._lock:
+                    if time.monotonic() - self._last >= interval_s * 0.9:
+                        self._write()
+
+        self._thread = threading.Thread(target=beat, name="status-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def effective_state(status: Mapping[str, Any], run_dir: str | os.PathLike, *, now: float | None = None) -> str:
+    """The state to show: a queued/running status whose process is gone is 'interrupted'.
+
+    On this host: the lock file's flock (released by the kernel when the process dies) and the pid;
+    from another host, where neither can be checked: a heartbeat older than STALE_AFTER_S.
+    """
+    state = str(status.get("state", ""))
+    if state not in ACTIVE_STATES:
+        return state if state in STATES else "broken"
+    host = status.get("host")
+    if host and host != hostname():
+        updated = float(status.get("updated") or 0)
+        return state if (now or time.time()) - updated < STALE_AFTER_S else "interrupted"
+    if lock_held(run_dir):
+        return state
+    pid = lock_info(run_dir).get("pid") or status.get("pid")
+    if not (Path(run_dir) / LOCK_FILE).exists() and pid_alive(pid):
+        return state
+    return "interrupted"
+
+
+def new_run_id(label: str = "run", now: float | None = None) -> str:
+    """Sortable, unique, filesystem-safe: 20250101-120000-demo-1a2b."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in label.lower()).strip("-")[:24] or "run"
+    return f"{stamp}-{safe}-{secrets.token_hex(2)}"
+
+
+def create_run(runs_root: str | os.PathLike, config: Any, *, run_id: str | None = None) -> Path:
+    """A new run folder with config.json and a 'queued' status.json, made atomically (temp dir, rename)."""
+    root = Path(runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or new_run_id(getattr(config, "name", "") or getattr(config, "preset", "run"))
+    final = root / run_id
+    if final.exists():
+        raise ConfigError("a run folder with this name exists already.", file=str(final), fix="choose another run id.")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=root))
+    try:
+        atomic_write_text(tmp / CONFIG_FILE, config.to_json())
+        atomic_write_json(tmp / STATUS_FILE, {"state": "queued", "run_id": run_id, "created": time.time(),
+                                              "updated": time.time(), "epoch": 0,
+                                              "epochs": getattr(config, "epochs", None)})
+        os.rename(tmp, final)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Launching and cancelling
+# --------------------------------------------------------------------------------------------
+
+def train_command(run_dir: str | os.PathLike, *, resume: bool = False, python: str | None = None) -> list[str]:
+    """The command line of a training job for this folder."""
+    exe = python or sys.executable
+    run_dir = Path(run_dir)
+    if resume:
+        return [exe, "-m", "cxrcore", "train", "--resume", str(run_dir)]
+    return [exe, "-m", "cxrcore", "train", "--config", str(run_dir / CONFIG_FILE)]
+
+
+def launch(run_dir: str | os.PathLike, *, resume: bool = False, cwd: str | os.PathLike | None = None,
+           env: Mapping[str, str] | None = None, python: str | None = None) -> int:
+    """Start training as a detached process (own session; survives page reloads and app restarts).
+
+    The launcher takes train.lock first and hands the locked descriptor to the child, so two quick
+    clicks cannot start two jobs; a folder already being trained is refused with a ConfigError.
+    Output goes to <run>/train.log. Returns the pid.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError("this folder is not a run folder (no config.json).", file=str(run_dir),
+                          fix="create it with cxrcore.jobs.create_run or the Training page.")
+    before = summarize_run(run_dir).state
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise already_running(run_dir) from None
+    try:
+        status = StatusWriter(run_dir)
+        status.update(force=True, state="queued", pid=None, host=hostname(), error=None,
+                      message="resuming" if resume else "starting", queued=time.time(),
+                      resumed_from=before if resume else None)
+        child_env = {**os.environ, **(env or {}), LOCK_FD_ENV: str(fd), "PYTHONUNBUFFERED": "1"}
+        root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
+        with open(run_dir / LOG_FILE, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
+                      f"{' '.join(train_command(run_dir, resume=resume, python=python))}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(train_command(run_dir, resume=resume, python=python), cwd=root,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=child_env, start_new_session=True, pass_fds=(fd,), close_fds=True)
+        RunLock(run_dir, fd).write_owner(proc.pid)
+        status.update(force=True, pid=proc.pid)
+        return proc.pid
+    finally:
+        os.close(fd)  # the child keeps the lock through its inherited descriptor
+
+
+def cancel(run_dir: str | os.PathLike, *, force: bool = False) -> bool:
+    """Ask the job training this folder to stop (SIGTERM: it saves what it has, status 'cancelled').
+
+    force=True sends SIGKILL (nothing saved; status becomes 'interrupted'). False when nothing runs.
+    """
+    run_dir = Path(run_dir)
+    if not lock_held(run_dir):
+        return False
+    info = lock_info(run_dir)
+    pid = info.get("pid")
+    if not pid or (info.get("host") and info["host"] != hostname()) or not pid_alive(pid):
+        return False
+    sig = signal.SIGKILL if force else signal.SIGTERM
+    try:
+        os.kill(int(pid), sig)
+    except ProcessLookupError:
+        return False
+    if not force:
+        StatusWriter(run_dir).update(force=True, cancel_requested=time.time())
+    return True
+
+
+PROBE_TIMEOUT_S = 600
+
+
+def run_probe(config: Any, *, batches: int = 4, timeout_s: float = PROBE_TIMEOUT_S,
+              cwd: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Time a few training batches in a separate process (`train --probe`); the ProbeResult as a dict.
+
+    A subprocess keeps TensorFlow (and GPU memory) out of the caller, e.g. the Streamlit server.
+    ConfigError with the child's one-line message when it fails or times out.
+    """
+    root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="cxr-probe-") as tmp:
+        path = Path(tmp) / "probe.json"
+        path.write_text(config.to_json(), encoding="utf-8")
+        command = [sys.executable, "-m", "cxrcore", "train", "--probe", "--config", str(path), "--format", "json",
+                   "--probe-batches", str(int(batches))]
+        child_env = {**os.environ, **(env or {}), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
+        try:
+            done = subprocess.run(command, cwd=root, env=child_env, capture_output=True, text=True,
+                                  timeout=timeout_s, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"the time probe took longer than {timeout_s:.0f} s.",
+                              fix="use fewer or smaller images (max_train_images, input_size).") from None
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+        text = lines[-1][len("error:"):].strip() if lines else (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"the time probe failed: {text}")
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise ConfigError("the time probe printed no result.", fix="run `python -m cxrcore train --probe` "
+                          "in a terminal to see why.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs (for the page and `train --list`)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    """One run folder as listed: its state (after the liveness check) or why it is broken."""
+
+    run_id: str
+    path: Path
+    state: str
+    status: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.problem is not None
+
+    @property
+    def created(self) -> float:
+        value = self.status.get("created") or self.status.get("started")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            try:
+                return self.path.stat().st_mtime
+            except OSError:
+                return 0.0
+
+    @property
+    def has_model(self) -> bool:
+        return (self.path / BEST_MODEL).is_file()
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for a table."""
+        s, c = self.status, self.config
+        best = s.get("best_val_auroc")
+        return {"run": self.run_id, "state": "broken" if self.broken else self.state,
+                "epoch": f"{s.get('epoch', 0)}/{s.get('epochs', c.get('epochs', '?'))}" if not self.broken else "",
+                "best val AUROC": round(float(best), 4) if isinstance(best, (int, float)) else None,
+                "preset": c.get("preset", ""), "backbone": c.get("backbone", ""),
+                "dataset": Path(str(c.get("dataset") or c.get("train_split") or "")).name,
+                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created)),
+                "model": "best.keras" if self.has_model else "",
+                "note": self.problem or s.get("error") or s.get("message") or ""}
+
+
+def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
+    """Read one run folder; anything unreadable makes it 'broken' with the reason, never an exception."""
+    path = Path(run_dir)
+    try:
+        config = read_json(path / CONFIG_FILE)
+        status = read_json(path / STATUS_FILE)
+        state = effective_state(status, path)
+        if state == "broken":
+            return RunSummary(path.name, path, "broken", status, config,
+                              problem=f"status.json has an unknown state {status.get('state')!r}.")
+        return RunSummary(path.name, path, state, status, config)
+    except ConfigError as err:
+        return RunSummary(path.name, path, "broken", problem=err.problem)
+    except OSError as err:
+        return RunSummary(path.name, path, "broken", problem=f"cannot be read ({err}).")
+
+
+def list_runs(runs_root: str | os.PathLike) -> list[RunSummary]:
+    """Every run folder under runs_root, newest first; hidden and temporary folders are skipped."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    runs = [summarize_run(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(runs, key=lambda r: (r.created, r.run_id), reverse=True)
+
+
+def read_metrics(run_dir: str | os.PathLike):
+    """metrics.csv as a DataFrame (empty when not written yet); ConfigError when it is damaged."""
+    import pandas as pd
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"metrics.csv is damaged ({err}).", file=str(path)) from None
+    if len(frame) and "epoch" not in frame.columns:
+        raise ConfigError("metrics.csv has no 'epoch' column.", file=str(path))
+    return frame
+
+
+def log_tail(run_dir: str | os.PathLike, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last lines of train.log (reads at most max_bytes from the end)."""
+    path = Path(run_dir) / LOG_FILE
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    text = data.replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def append_metrics_row(run_dir: str | os.PathLike, row: Mapping[str, Any], columns: list[str]) -> None:
+    """Append one epoch to metrics.csv (header first when the file is new)."""
+    path = Path(run_dir) / METRICS_FILE
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        if new:
+            writer.writerow(columns)
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def truncate_metrics(run_dir: str | os.PathLike, epochs_done: int) -> int:
+    """Keep only the rows of epochs 1..epochs_done (an epoch cut short by a crash is trained again)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    try:
+        col = header.index("epoch")
+    except ValueError:
+        body = []
+        col = 0
+    kept = []
+    for r in body:
+        try:
+            if len(r) > col and int(float(r[col])) <= epochs_done:
+                kept.append(r)
+        except ValueError:
+            continue
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(kept)
+    atomic_write_text(path, buffer.getvalue())
+    return len(kept)
+
+
+def tf_config_role(env: Mapping[str, str] | None = None) -> tuple[bool, bool, int]:
+    """(multi_worker, is_chief, task index) from TF_CONFIG, without TensorFlow."""
+    raw = (env if env is not None else os.environ).get("TF_CONFIG")
+    if not raw:
+        return False, True, 0
+    try:
+        data = json.loads(raw)
+        cluster = data.get("cluster", {})
+        task = data.get("task", {})
+        n = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError):
+        raise ConfigError("TF_CONFIG is not valid JSON with 'cluster' and 'task'.",
+                          fix='set e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+                              '"task": {"type": "worker", "index": 0}}\'.') from None
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    return n > 1, chief, index
+
+
+__all__ = ["ACTIVE_STATES", "RunLock", "RunSummary", "STATES", "StatusWriter", "already_running", "append_metrics_row",
+           "atomic_write_json", "atomic_write_text", "cancel", "create_run", "effective_state", "launch",
+           "list_runs", "lock_held", "lock_info", "log_tail", "new_run_id", "pid_alive", "read_json",
+           "read_metrics", "run_probe", "summarize_run", "tf_config_role", "train_command", "truncate_metrics"]
