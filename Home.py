@@ -12,7 +12,11 @@ PAGES = {
         st.Page("pages/leakage_audit.py", title="Leakage audit", icon=":material/policy:"),
         st.Page("pages/class_balance.py", title="Class balance and weighted loss", icon=":material/balance:"),
     ],
-    "Model": [st.Page("pages/results.py", title="Results", icon=":material/monitoring:")],
+    "Model": [
+        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+        st.Page("pages/results.py", title="Results", icon=":material/monitoring:"),
+    ],
+    "Explain": [st.Page("pages/gradcam_explorer.py", title="GradCAM explorer", icon=":material/visibility:")],
 }
 
 page = st.navigation(PAGES)

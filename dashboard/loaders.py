@@ -32,10 +32,14 @@ class ActiveDataset:
         return list(self.splits.values())
 
 
-@st.cache_data(show_spinner=False, ttl=30)
 def datasets() -> list[DatasetEntry]:
     """Dataset folders under the data root (re-scanned every 30 s, it only lists names)."""
-    return discover_datasets(data_root())
+    return _datasets(str(data_root()))
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def _datasets(root: str) -> list[DatasetEntry]:
+    return discover_datasets(root)
 
 
 @st.cache_data(show_spinner="Loading the dataset's split files...", max_entries=8)

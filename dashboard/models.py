@@ -1,6 +1,7 @@
 """Models for the pages: discovery (cached briefly), loading (one copy per process), predictions."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import streamlit as st
@@ -13,10 +14,14 @@ from dashboard.loaders import ActiveDataset
 from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root
 
 
-@st.cache_data(show_spinner=False, ttl=10)
 def model_entries() -> list[ModelEntry]:
     """Every model file under models/ and every run's best model (re-scanned every 10 s)."""
-    return discover_models(models_root(), runs_root())
+    return _entries(str(models_root()), str(runs_root()))
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def _entries(models: str, runs: str) -> list[ModelEntry]:
+    return discover_models(models, runs)
 
 
 def usable_models() -> list[ModelEntry]:
@@ -30,12 +35,48 @@ def active_models() -> list[ModelEntry]:
     return chosen or list(usable.values())[:1]
 
 
+def keep_compiled_functions() -> None:
+    """Stop Streamlit's per-run `keras.backend.clear_session()` from dropping TensorFlow's kernel cache.
+
+    After every script run Streamlit calls keras.backend.clear_session(), which clears TensorFlow's
+    kernel cache: every cached model then re-instantiates and re-optimizes its graph on the next
+    run (~1 s for DenseNet121 on 2 cores, on every click). Models here live in st.cache_resource for
+    the whole process, so there is nothing to clear: that one call (and only it) becomes a no-op.
+    Process-wide and idempotent; every page that predicts benefits. CXR_KEEP_TF_KERNELS=0 turns it off.
+    """
+    import os
+
+    if os.environ.get("CXR_KEEP_TF_KERNELS", "1") == "0":
+        return
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is a pinned dependency
+        return
+    original = keras.backend.clear_session
+    if getattr(original, "_cxr_keeps_kernels", False):
+        return
+
+    def clear_session(*args, **kwargs):
+        if not args and not kwargs and sys._getframe(1).f_code.co_name == "_clean_problem_modules":
+            return None  # Streamlit's after-run cleanup
+        return original(*args, **kwargs)
+
+    clear_session._cxr_keeps_kernels = True  # type: ignore[attr-defined]
+    keras.backend.clear_session = clear_session
+
+
+# --------------------------------------------------------------------------------------------
+# Cached computations
+# --------------------------------------------------------------------------------------------
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def loaded_model(path: str, fingerprint: str) -> LoadedModel:
     """One loaded copy per model file per server process, shared by every session."""
     from cxrcore.model import load_model
     from cxrcore.registry import describe_model
 
+    keep_compiled_functions()
     return load_model(path, describe_model(Path(path), Path(path).stem).info)
 
 

@@ -15,7 +15,9 @@ PAGES = [
     ("dataset_explorer", "Dataset explorer"),
     ("leakage_audit", "Leakage audit"),
     ("class_balance", "Class balance and weighted loss"),
+    ("training", "Training"),
     ("results", "Results"),
+    ("gradcam_explorer", "GradCAM explorer"),
 ]
 
 

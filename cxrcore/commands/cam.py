@@ -1,0 +1,270 @@
+"""`cam`: class activation maps for one image, or for a split with a localization report.
+
+    python -m cxrcore cam --model PATH --image PATH [--class LABEL ... | --top K]
+        [--method cam|gradcam|gradcam++] [--layer NAME] [--opacity A] [--smooth S] [--boxes FILE] --out OUT.png
+    python -m cxrcore cam --model PATH --split FILE --images DIR [--boxes FILE] [--top K] [--limit N]
+        [--faithfulness] --out DIR
+
+One image: a PNG figure, the original (with its boxes when --boxes has any) next to one overlay per
+class. A split: with boxes (--boxes, or a bbox.csv beside the split file), every boxed (image, class)
+is scored (pointing game, IoU, IoBB; see cxrcore.localization) and OUT gets maps/ (one figure per
+image), localization.csv, localization_summary.csv and report.md; without boxes, figures of the top
+K classes of each image. --faithfulness adds the deletion test (faithfulness.csv).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "cam"
+HELP = "Class activation maps (CAM, Grad-CAM, Grad-CAM++) for an image, or a split with a localization report."
+_METHODS = ("cam", "gradcam", "gradcam++")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH", help="a .keras or .h5 model file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PATH", help="one image (PNG, JPEG or DICOM)")
+    source.add_argument("--split", metavar="FILE", help="labels file of a split (batch mode; needs --images)")
+    parser.add_argument("--images", metavar="DIR", help="image folder of the split")
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument("--class", dest="classes", action="append", metavar="LABEL",
+                         help="class to explain (repeatable; default: the top classes)")
+    classes.add_argument("--top", type=int, default=4, metavar="K",
+                         help="explain the K most probable classes (default 4)")
+    parser.add_argument("--method", choices=_METHODS, default="cam", help="map method (default cam, the fast path)")
+    parser.add_argument("--layer", metavar="NAME", help="layer for Grad-CAM (default: the last feature map)")
+    parser.add_argument("--opacity", type=float, default=0.4, help="map opacity in the overlay, 0-1 (default 0.4)")
+    parser.add_argument("--colormap", default="jet", help="OpenCV colormap: jet, turbo, inferno, magma, viridis, hot")
+    parser.add_argument("--smooth", type=float, default=0.0,
+                        help="Gaussian smoothing, sigma as a share of the image side (default 0)")
+    parser.add_argument("--boxes", metavar="FILE", help="NIH BBox_List_2017-format box file")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="share of the map's maximum that bounds the map's box (default 0.5)")
+    parser.add_argument("--limit", type=int, metavar="N", help="batch mode: at most N images")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="batch mode: also mask the most salient pixels and measure the probability drop")
+    parser.add_argument("--normalize-from", metavar="FILE",
+                        help="training split to fit 'dataset' normalization on (the course's .h5 files); "
+                             "needs --images")
+    parser.add_argument("--out", required=True, metavar="PATH", help="figure PNG (one image) or output folder (split)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from cxrcore.errors import ConfigError
+
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ConfigError(f"--opacity must be between 0 and 1, got {args.opacity}.")
+    if args.smooth < 0 or args.smooth > 0.2:
+        raise ConfigError(f"--smooth must be between 0 and 0.2, got {args.smooth}.")
+    if args.top is not None and args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}.")
+    if not 0.0 < args.threshold < 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}.")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}.")
+    if args.split and not args.images:
+        raise ConfigError("--split needs --images (the image folder).", fix="add --images DIR.")
+    if args.normalize_from and not args.images:
+        raise ConfigError("--normalize-from needs --images (the training images' folder).")
+    if args.image and Path(args.out).suffix.lower() != ".png":
+        raise ConfigError(f"--out must be a .png file for one image, got {args.out}.", fix="write e.g. --out map.png.")
+
+
+def _load(args: argparse.Namespace):
+    from cxrcore.errors import ConfigError
+    from cxrcore.model import load_model
+    from cxrcore.registry import describe_model
+
+    entry = describe_model(Path(args.model), Path(args.model).stem)
+    loaded = load_model(args.model, entry.info)
+    if not loaded.info.normalization.fitted:
+        if not args.normalize_from:
+            raise ConfigError("this model uses 'dataset' normalization without stored mean/std.", file=args.model,
+                              fix="pass --normalize-from TRAIN_FILE --images DIR (the course fits it on 100 "
+                                  "training images).")
+        from cxrcore.commands.audit import load_named_splits
+        from cxrcore.inference import fit_normalization
+
+        train = load_named_splits([f"train={args.normalize_from}"])[0]
+        loaded = fit_normalization(loaded, train, args.images)
+    return loaded
+
+
+def _boxes(args: argparse.Namespace, near: Path | None):
+    from cxrcore.boxes import read_boxes
+    from cxrcore.catalog import BBOX_NAMES
+
+    if args.boxes:
+        return read_boxes(args.boxes)
+    if near is not None:
+        for name in BBOX_NAMES:
+            if (near / name).is_file():
+                if not args.quiet:
+                    print(f"boxes: {near / name}", file=sys.stderr)
+                return read_boxes(near / name)
+    return None
+
+
+def _figure(image, result, boxes, truth, args):
+    from cxrcore.cam import explanation_figure
+
+    own = [] if boxes is None else [(r.Label, (r.x, r.y, r.w, r.h)) for r in boxes.itertuples(index=False)]
+    return explanation_figure(image, result, opacity=args.opacity, colormap=args.colormap, boxes=own,
+                              truth=truth, columns=min(5, len(result.labels) + 1))
+
+
+def run_single(args: argparse.Namespace) -> int:
+    from cxrcore.boxes import boxes_for
+    from cxrcore.cam import explain, png_bytes, top_labels
+    from cxrcore.images import read_image
+
+    image = read_image(args.image)
+    loaded = _load(args)
+    labels = args.classes
+    if not labels:
+        probs = loaded.predict([image])[0]
+        labels = top_labels(probs, args.top, available=loaded.info.labels)
+    result = explain(loaded, image, labels, method=args.method, layer=args.layer, smooth=args.smooth)
+    boxes = _boxes(args, None)
+    own = boxes_for(boxes, Path(args.image).name) if boxes is not None else None
+    fig = _figure(image, result, own, sorted(set(own["Label"])) if own is not None else [], args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(png_bytes(fig))
+    for label in result.labels:
+        print(f"{label}\t{result.prob(label):.4f}")
+    if not args.quiet:
+        print(f"{result.method} maps on layer {result.layer} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _report_text(summary, args, n_images: int, faith=None) -> str:
+    from cxrcore.cam import METHOD_TITLES
+
+    lines = [f"# Localization report: {Path(args.model).name} on {Path(args.split).name}", "",
+             f"Method: {METHOD_TITLES[args.method]}{f' on layer {args.layer}' if args.layer else ''}; "
+             f"{n_images} boxed images; map box threshold {args.threshold:g} of the maximum.", "",
+             "pointing: share of (image, class) findings whose map maximum lies in a box of that class; "
+             "random baseline: the boxes' share of the image (a random point's chance); "
+             "IoBB: intersection over the map box's area (Wang et al. 2017); IoBB>=T: accuracy at T(IoBB).", ""]
+    if summary.empty:
+        lines.append("No box matches an image of the split and a class of the model.")
+    else:
+        cols = list(summary.columns)
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "|".join("---" for _ in cols) + "|")
+        for row in summary.itertuples(index=False):
+            lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    if faith is not None and not faith.empty:
+        lines += ["", "## Faithfulness (deletion)", "",
+                  "Mean drop of the class probability when the top k% most salient cells are masked, "
+                  "against as many random cells.", "", "| masked | drop (salient) | drop (random) | pairs |",
+                  "|---|---|---|---|"]
+        for fraction, group in faith.groupby("fraction"):
+            lines.append(f"| {fraction:.0%} | {group['drop salient'].mean():.4f} | {group['drop random'].mean():.4f} "
+                         f"| {len(group)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_split(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from cxrcore.boxes import boxes_for
+    from cxrcore.cam import explain_batch, png_bytes, top_labels
+    from cxrcore.commands.audit import load_named_splits
+    from cxrcore.errors import DatasetError
+    from cxrcore.images import read_image
+    from cxrcore.labels import LABELS
+    from cxrcore.localization import deletion_test, localize_images, summarize_localization
+    from cxrcore.pipeline import resolve_image_paths
+
+    split = load_named_splits([f"split={args.split}"])[0]
+    frame = split.frame
+    paths = resolve_image_paths(frame, args.images)
+    by_name = {Path(p).name: p for p in paths}
+    truth = {str(row["Image"]): [label for label in LABELS if row[label]] for _, row in frame.iterrows()}
+    loaded = _load(args)
+    boxes = _boxes(args, Path(args.split).parent)
+    out = Path(args.out)
+    maps_dir = out / "maps"
+    maps_dir.mkdir(parents=True, exist_ok=True)
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if not args.quiet:
+            print(f"\r{stage}: {done}/{total}", end="" if done >= total else "", file=sys.stderr)
+            if done >= total:
+                print(file=sys.stderr)
+
+    def save(name: str, image, result) -> None:
+        fig = _figure(image, result, boxes_for(boxes, name) if boxes is not None else None, truth.get(name, []), args)
+        (maps_dir / f"{Path(name).stem}.png").write_bytes(png_bytes(fig))
+
+    names = [Path(p).name for p in paths]
+    if boxes is not None:
+        boxed = [n for n in names if n in set(boxes["Image"])]
+        if args.limit:
+            boxed = boxed[:args.limit]
+        if not boxed:
+            raise DatasetError("no image of the split has a box.", file=args.boxes or args.split,
+                               fix="check that the box file belongs to this dataset.")
+        records = localize_images(loaded, boxed, boxes, image_root=str(Path(paths[0]).parent), method=args.method,
+                                  layer=args.layer, threshold=args.threshold, smooth=args.smooth,
+                                  read=lambda p: read_image(by_name[Path(p).name]), on_maps=save, progress=progress)
+        summary = summarize_localization(records)
+        records.to_csv(out / "localization.csv", index=False)
+        summary.to_csv(out / "localization_summary.csv", index=False)
+        faith = None
+        if args.faithfulness:
+            faith = _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress)
+            faith.to_csv(out / "faithfulness.csv", index=False)
+        (out / "report.md").write_text(_report_text(summary, args, len(boxed), faith), encoding="utf-8")
+        if not args.quiet:
+            print(summary.round(3).to_string(index=False))
+        print(f"{len(records)} findings on {len(boxed)} images -> {out}", file=sys.stderr)
+        return 0
+    chosen = names[:args.limit] if args.limit else names
+    rows = []
+    for start in range(0, len(chosen), 8):
+        part = chosen[start:start + 8]
+        images = [read_image(by_name[n]) for n in part]
+        if args.classes:
+            results = explain_batch(loaded, images, args.classes, method=args.method, layer=args.layer,
+                                    smooth=args.smooth)
+        else:
+            probs = loaded.predict(images)
+            results = [explain_batch(loaded, [img], top_labels(p, args.top, available=loaded.info.labels),
+                                     method=args.method, layer=args.layer, smooth=args.smooth)[0]
+                       for img, p in zip(images, probs)]
+        for name, image, result in zip(part, images, results):
+            save(name, image, result)
+            rows += [{"Image": name, "Label": label, "prob": result.prob(label)} for label in result.labels]
+        progress(min(start + 8, len(chosen)), len(chosen), "maps")
+    pd.DataFrame(rows).to_csv(out / "maps.csv", index=False)
+    print(f"maps of {len(chosen)} images -> {maps_dir} (no boxes: no localization report)", file=sys.stderr)
+    return 0
+
+
+def _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress):
+    import pandas as pd
+
+    from cxrcore.cam import explain
+
+    parts = []
+    pairs = list(records[["Image", "Label"]].itertuples(index=False))
+    for i, (name, label) in enumerate(pairs):
+        image = read_image(by_name[name])
+        heat = explain(loaded, image, [label], method=args.method, layer=args.layer, smooth=args.smooth).maps[0]
+        table = deletion_test(loaded, image, heat, label)
+        parts.append(table.assign(Image=name, Label=label))
+        progress(i + 1, len(pairs), "deletion test")
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    if args.image:
+        return run_single(args)
+    return run_split(args)
