@@ -7,7 +7,6 @@ so moving to the next image costs one forward pass (the CAM fast path) and a few
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +23,7 @@ from cxrcore.model import LoadedModel
 from cxrcore.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS
 from dashboard.loaders import ActiveDataset, thumbnail
+from dashboard.models import keep_compiled_functions
 from dashboard.widgets import teaching_note, user_errors
 
 #: Longest side of the images and maps drawn on the page (and cached).
@@ -444,7 +444,7 @@ def _open(name: str) -> None:
 
 def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDataset, settings: MapSettings) -> None:
     """Thumbnails of a split filtered and sorted by prediction, and the chosen image's maps."""
-    from dashboard.models import keep_compiled_functions, predictions_for
+    from dashboard.models import predictions_for
     from dashboard.results_view import default_split_name
 
     if dataset.image_root is None:
