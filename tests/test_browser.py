@@ -81,3 +81,26 @@ def test_audit_page_shows_verdict(server, browser, artifacts_dir):
         page.get_by_text("Clean: no patient or image is shared between splits.").wait_for(timeout=30_000)
     finally:
         page.close()
+
+
+def test_uploading_a_leaking_pair_shows_the_leak_and_a_bad_file_an_error(server, browser, artifacts_dir,
+                                                                           app_data_root):
+    """As a person would: upload two split files that share patients, then a malformed one."""
+    mini = app_data_root / "mini"
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    try:
+        page.goto(f"{server.url}/leakage_audit", wait_until="domcontentloaded")
+        wait_until_idle(page)
+        page.get_by_text("Upload split files").click()
+        wait_until_idle(page)
+        page.locator('input[type="file"]').set_input_files([str(mini / "train.csv"), str(mini / "valid_leaky.csv")])
+        page.get_by_text("Leaking: 3 patient(s)").wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts_dir / "audit-upload-leaking.png"))
+        bad = artifacts_dir / "malformed.csv"
+        bad.write_text("Image;Atelectasis;Cardiomegaly\nx.png;0;1\n")
+        page.locator('input[type="file"]').set_input_files([str(mini / "train.csv"), str(bad)])
+        page.get_by_text("separated by semicolons").wait_for(timeout=30_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(artifacts_dir / "audit-upload-malformed.png"))
+    finally:
+        page.close()
