@@ -246,7 +246,9 @@ def choose_sources(taken: Iterable[str] = ()) -> tuple[dict[str, Predictions], d
     chosen: list[str] = []
     if found:
         chosen = st.multiselect(
-            "Models: prediction files found on disk", list(found), default=list(found)[:DEFAULT_SELECTED],
+            "Models: prediction files found on disk", list(found),
+            # A run's own test predictions repeat its model (listed in the sidebar): not selected by default.
+            default=[n for n, p in found.items() if runs not in p.parents][:DEFAULT_SELECTED],
             key="results_models",
             help=f"CSV files with an image column and prob_<Label> columns under {models} and "
                  f"{runs}/<run>/predictions/.")
