@@ -38,6 +38,10 @@ def render_found() -> None:
     c1.page_link("pages/leakage_audit.py", label="Audit a split for patient leakage", icon=":material/policy:")
     c2.page_link("pages/class_balance.py", label="Class balance and the weighted loss", icon=":material/balance:")
     c3.page_link("pages/dataset_explorer.py", label="Browse the images", icon=":material/photo_library:")
+    c1.page_link("pages/training.py", label="Train a model (one click for the demo model)",
+                 icon=":material/model_training:")
+    c2.page_link("pages/results.py", label="Compare model AUROCs", icon=":material/monitoring:")
+    c3.page_link("pages/gradcam_explorer.py", label="See where the model looks", icon=":material/visibility:")
 
 
 def render_upload() -> None:
