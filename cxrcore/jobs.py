@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cxrcore.errors import ConfigError
+from cxrcore.fileio import atomic_write_text
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -45,19 +46,6 @@ HEARTBEAT_S = 2.0
 # --------------------------------------------------------------------------------------------
 # Small file helpers
 # --------------------------------------------------------------------------------------------
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write through a temp file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def atomic_write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     """JSON (NaN written as null) written atomically."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from cxrcore.errors import ConfigError, ModelError
+from cxrcore.fileio import atomic_write_text
 from cxrcore.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
 from cxrcore.pipeline import Normalization, prepare_images
 
@@ -594,17 +595,6 @@ def load_model(path: str | os.PathLike, info: ModelInfo | None = None) -> Loaded
     return LoadedModel(model=model, info=info, path=str(p))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: "keras.Model", info: ModelInfo, path: str | os.PathLike) -> Path:
     """Save as .keras with its info inside and in `<model>.json`; atomic (temp file, then os.replace).
 
@@ -627,7 +617,7 @@ def save_model(model: "keras.Model", info: ModelInfo, path: str | os.PathLike) -
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _atomic_write_text(sidecar_path(p), info.to_json())
+    atomic_write_text(sidecar_path(p), info.to_json())
     return p
 
 
