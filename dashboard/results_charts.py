@@ -128,6 +128,20 @@ def _grid(labels: Sequence[str], cols: int, titles: Sequence[str]) -> tuple[go.F
     return fig, rows
 
 
+def _finish_grid(fig: go.Figure, models: Sequence[str], rows: int, cols: int, title: str) -> go.Figure:
+    """Shared axes, ticks on the outer panels only, the model legend key and the title of a curve grid."""
+    _legend_key(fig, models, 1, 1)
+    fig.update_xaxes(range=[0, 1], showticklabels=False)
+    fig.update_yaxes(range=[0, 1.02], showticklabels=False)
+    for row in range(1, rows + 1):
+        fig.update_yaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=row, col=1)
+    for col in range(1, cols + 1):
+        fig.update_xaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=rows, col=col)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=title)
+    return _layout(fig, height=240 * rows + 130, top=120, legend_gap=38)
+
+
 def roc_grid(curves: Mapping[str, Mapping[str, RocCurve]], aurocs: Mapping[str, Mapping[str, float]],
              models: Sequence[str], cols: int = 5) -> go.Figure:
     """All classes as small multiples: one panel per class, one dashed line per model, class colours."""
@@ -150,17 +164,8 @@ def roc_grid(curves: Mapping[str, Mapping[str, RocCurve]], aurocs: Mapping[str, 
                             line=dict(color=CLASS_COLORS.get(label, NEUTRAL), dash=_style(i, MODEL_DASHES), width=2),
                             hovertemplate=f"{label}<br>FPR %{{x:.3f}}, TPR %{{y:.3f}}<extra>{model}</extra>",
                             row=row, col=col)
-    _legend_key(fig, models, 1, 1)
-    fig.update_xaxes(range=[0, 1], showticklabels=False)
-    fig.update_yaxes(range=[0, 1.02], showticklabels=False)
-    for row in range(1, rows + 1):
-        fig.update_yaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=row, col=1)
-    for col in range(1, cols + 1):
-        fig.update_xaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=rows, col=col)
-    fig.update_annotations(font_size=12)
-    fig.update_layout(title="ROC curves of every class (x: false positive rate, y: true positive rate; "
-                            "AUROCs in legend order)")
-    return _layout(fig, height=240 * rows + 130, top=120, legend_gap=38)
+    return _finish_grid(fig, models, rows, cols, "ROC curves of every class (x: false positive rate, "
+                        "y: true positive rate; AUROCs in legend order)")
 
 
 def pr_grid(curves: Mapping[str, Mapping[str, PrCurve]], auprcs: Mapping[str, Mapping[str, float]],
@@ -186,17 +191,8 @@ def pr_grid(curves: Mapping[str, Mapping[str, PrCurve]], auprcs: Mapping[str, Ma
                             line=dict(color=CLASS_COLORS.get(label, NEUTRAL), dash=_style(i, MODEL_DASHES), width=2),
                             hovertemplate=f"{label}<br>recall %{{x:.3f}}, precision %{{y:.3f}}<extra>{model}</extra>",
                             row=row, col=col)
-    _legend_key(fig, models, 1, 1)
-    fig.update_xaxes(range=[0, 1], showticklabels=False)
-    fig.update_yaxes(range=[0, 1.02], showticklabels=False)
-    for row in range(1, rows + 1):
-        fig.update_yaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=row, col=1)
-    for col in range(1, cols + 1):
-        fig.update_xaxes(showticklabels=True, tickvals=[0, 0.5, 1], row=rows, col=col)
-    fig.update_annotations(font_size=12)
-    fig.update_layout(title="Precision-recall curves of every class (x: recall, y: precision; "
-                            "average precision in legend order)")
-    return _layout(fig, height=240 * rows + 130, top=120, legend_gap=38)
+    return _finish_grid(fig, models, rows, cols, "Precision-recall curves of every class (x: recall, "
+                        "y: precision; average precision in legend order)")
 
 
 def auroc_bars(labels: Sequence[str], models: Sequence[str],
