@@ -69,7 +69,7 @@ def describe_model(path: Path, name: str, run_dir: Path | None = None) -> ModelE
     if info is None:
         return ModelEntry(name, path, KIND_BROKEN, "file", None, run_dir=run_dir,
                           problem=f"no label list: write {path.with_suffix('.json').name} beside it "
-                                  "(see docs/models.md).")
+                                  "with its labels in output order (see README, Your data).")
     origin = "trained here" if run_dir is not None else info.origin
     return ModelEntry(name, path, KIND_MODEL, origin, info, run_dir=run_dir)
 
