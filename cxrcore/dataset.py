@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.errors import DatasetError, DataWarning
+from cxrcore.export import neutralize_formulas
 from cxrcore.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
 
 IMAGE = "Image"
@@ -499,15 +500,3 @@ def write_split(split: Split, frame: pd.DataFrame, path: str | Path) -> None:
         return
     rows = split.original.loc[frame.index] if split.original is not None else frame
     neutralize_formulas(rows).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
-
-
-def neutralize_formulas(frame: pd.DataFrame) -> pd.DataFrame:
-    """Prefix text cells that a spreadsheet would run as a formula (= + - @) with a quote."""
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
-            text = out[column].astype(str)
-            risky = text.str.match(r"^[=+\-@\t\r]") & ~text.str.fullmatch(r"-?\d+(\.\d+)?")
-            if risky.any():
-                out.loc[risky, column] = "'" + text[risky]
-    return out

@@ -17,20 +17,11 @@ import numpy as np
 
 from cxrcore.dataset import Split
 from cxrcore.errors import DatasetError
+from cxrcore.paths import resolve_image
 
 ProgressCallback = Callable[[int, int, str], None]
 
 HASH_BITS = 64
-
-
-def resolve_image(root: Path, name: str) -> Path:
-    """Path of an image inside `root`; refuses names (or symlinks) that resolve outside it."""
-    root = root.resolve()
-    path = (root / name).resolve()
-    if root != path and root not in path.parents:
-        raise DatasetError(f"image '{name}' resolves outside the image folder {root}.",
-                           fix="keep images (and any links) inside the image folder.")
-    return path
 
 
 def perceptual_hash(gray: np.ndarray) -> int:

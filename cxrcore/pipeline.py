@@ -23,6 +23,7 @@ import numpy as np
 from cxrcore import images as _images
 from cxrcore.errors import ConfigError, DatasetError
 from cxrcore.labels import LABELS
+from cxrcore.paths import escaping_links, is_inside
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -282,7 +283,7 @@ def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) ->
         index = _basename_index(root)
         for i in missing:
             found = index.get(os.path.basename(names[i]))
-            if found:
+            if found and is_inside(found, root):
                 paths[i] = found
         missing = [i for i in missing if not os.path.isfile(paths[i])]
     if missing:
@@ -291,6 +292,12 @@ def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) ->
         raise DatasetError(f"{len(missing)} of {len(names)} images are missing: {shown}{more}.",
                            file=str(root), column="Image",
                            fix="download the missing images or remove their rows from the split.")
+    escaping = escaping_links(root)
+    outside = [n for n in names if n in escaping]
+    if outside:
+        raise DatasetError(f"{len(outside)} image(s) are links leading outside the image folder: "
+                           f"{', '.join(outside[:5])}.", file=str(root), column="Image",
+                           fix="copy the images into the image folder instead of linking to other places.")
     return paths
 
 

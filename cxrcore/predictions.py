@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.errors import DataWarning, PredictionsError
+from cxrcore.export import FORMULA_START, neutralize_cell
 from cxrcore.labels import LABELS, canonical_label
 
 IMAGE = "Image"
 PROB_PREFIX = "prob_"
 _IMAGE_KEYS = ("image", "imageindex", "imagename", "filename")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _EXAMPLES = 3
 
 
@@ -181,7 +181,7 @@ def _class_columns(header: list[str], image_col: int, display: str) -> tuple[dic
 def normalize_image_name(name: str) -> str:
     """File name of an image as written in a predictions file: trimmed, directory and formula quote dropped."""
     text = str(name).strip()
-    if text.startswith("'") and text[1:2] in _FORMULA_START:
+    if text.startswith("'") and text[1:2] in FORMULA_START:
         text = text[1:]
     return re.split(r"[/\\]", text)[-1].strip()
 
@@ -306,12 +306,6 @@ def align(predictions: Predictions, split: object, labels_name: str | None = Non
 # Writing
 
 
-def neutralize_name(name: str) -> str:
-    """Prefix a cell that a spreadsheet would run as a formula (= + - @, tab, CR) with a quote."""
-    text = str(name)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 def write_predictions(path: str | Path, images: Sequence[str], probs: np.ndarray,
                       labels: Sequence[str] = LABELS) -> Path:
     """Write the canonical prediction file (Image, prob_<Label>...) atomically; 9 significant digits."""
@@ -340,7 +334,7 @@ def write_predictions(path: str | Path, images: Sequence[str], probs: np.ndarray
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             for name, row in zip(names, p):
-                writer.writerow([neutralize_name(name)] + [f"{v:.9g}" for v in row])
+                writer.writerow([neutralize_cell(name)] + [f"{v:.9g}" for v in row])
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

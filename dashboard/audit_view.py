@@ -11,7 +11,7 @@ from cxrcore.catalog import splits_from_files
 from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS
 from cxrcore.report import render, verdict
-from dashboard.loaders import ActiveDataset, audit, split_key, thumbnail
+from dashboard.loaders import ActiveDataset, audit, preview, split_key
 from dashboard.widgets import show_warnings, teaching_note, user_errors
 
 IMAGECHECK_KEY = "audit_image_check"
@@ -92,8 +92,7 @@ def render_leaked_patients(splits: list[Split], report: AuditReport, image_root:
             continue
         grid = column.columns(3)
         for i, row in enumerate(part.head(9).itertuples()):
-            path = image_root / row.Image
-            thumb = thumbnail(str(path), path.stat().st_mtime) if path.is_file() else None
+            thumb = preview(image_root, row.Image)
             cell = grid[i % 3]
             if thumb is None:
                 cell.caption(f"{row.Image} (missing)")
@@ -137,8 +136,7 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
     for pair in cross[:12]:
         a, b = st.columns(2)
         for column, split_name, name in ((a, pair.split_a, pair.image_a), (b, pair.split_b, pair.image_b)):
-            path = Path(check.root) / name
-            thumb = thumbnail(str(path), path.stat().st_mtime) if path.is_file() else None
+            thumb = preview(check.root, name)
             if thumb is not None:
                 column.image(thumb, caption=f"{split_name}: {name} "
                              f"({'exact copy' if pair.exact else f'{pair.distance} bits apart'})", width=220)

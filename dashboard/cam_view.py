@@ -18,11 +18,13 @@ import streamlit as st
 
 from cxrcore import cam
 from cxrcore.dataset import IMAGE, Split
+from cxrcore.export import csv_text
 from cxrcore.labels import LABELS
 from cxrcore.model import LoadedModel
+from cxrcore.paths import resolve_image
 from cxrcore.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS
-from dashboard.loaders import ActiveDataset, thumbnail
+from dashboard.loaders import ActiveDataset, preview
 from dashboard.models import keep_compiled_functions
 from dashboard.widgets import teaching_note, user_errors
 
@@ -497,8 +499,7 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
             if i % GRID_COLUMNS == 0:  # one row of columns at a time: the grid reads in sorted order
                 grid = st.columns(GRID_COLUMNS)
             cell = grid[i % GRID_COLUMNS]
-            path = root / name
-            thumb = thumbnail(str(path), path.stat().st_mtime) if path.is_file() else None
+            thumb = preview(root, name)
             r = row_of[name]
             truth = "✓" if y[r, j] else "✗"
             if thumb is None:
@@ -515,7 +516,7 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
     c6.button("Next", key="cam_next", on_click=_step, args=(options, 1), icon=":material/arrow_forward:")
     name = st.session_state[IMAGE_KEY]
     r = row_of[name]
-    path = root / name
+    path = resolve_image(root, name)
     if not path.is_file():
         st.error(f"{name}: the image file is missing from {root}.")
         return
@@ -569,7 +570,7 @@ def render_split_localization(entry: ModelEntry, loaded: LoadedModel, dataset: A
                                                  settings.method, settings.layer, loaded, names, boxes,
                                                  str(dataset.image_root))
             st.dataframe(summary.round(3), hide_index=True, width="stretch")
-            st.download_button("Download the per-finding scores (CSV)", records.to_csv(index=False).encode(),
+            st.download_button("Download the per-finding scores (CSV)", csv_text(records).encode(),
                                file_name=f"localization_{split.name}_{settings.method}.csv", mime="text/csv",
                                key="cam_localization_csv")
 

@@ -9,8 +9,9 @@ import streamlit as st
 from cxrcore.audit import summarize
 from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS, NO_FINDING
+from cxrcore.paths import resolve_image
 from dashboard import charts
-from dashboard.loaders import ActiveDataset, thumbnail
+from dashboard.loaders import ActiveDataset, preview
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 24
@@ -110,12 +111,11 @@ def render_grid(dataset: ActiveDataset) -> None:
     for i, row in enumerate(shown.itertuples(index=False)):
         cell = grid[i % GRID_COLUMNS]
         series = pd.Series(row._asdict())
-        path = root / row.Image
         caption = f"{row.Image} · {row.split}\n{findings_text(series)}"
-        thumb = thumbnail(str(path), path.stat().st_mtime) if path.is_file() else None
+        thumb = preview(root, row.Image)
         if thumb is None:
             cell.caption(f"{row.Image}: missing or unreadable")
             continue
         cell.image(thumb, caption=caption, width="stretch")
         if cell.button("Enlarge", key=f"enlarge_{row.split}_{row.Image}"):
-            _enlarge(str(path), caption)
+            _enlarge(str(resolve_image(root, row.Image)), caption)

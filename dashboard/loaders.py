@@ -10,6 +10,9 @@ import streamlit as st
 from cxrcore.audit import AuditReport, run_audit
 from cxrcore.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
 from cxrcore.dataset import Split, load_split
+from cxrcore.errors import CxrError, DatasetError
+from cxrcore.images import quick_check, read_image
+from cxrcore.paths import resolve_image
 from dashboard.state import DATASET_KEY, data_root
 
 UPLOADED = "Uploaded files"
@@ -83,15 +86,33 @@ def active_dataset() -> ActiveDataset | None:
                          bbox_file=entry.bbox_file, entry=entry)
 
 
+def preview(root: str | Path, name: str, size: int = 192) -> np.ndarray | None:
+    """Thumbnail of image `name` in the image folder `root`; None when it is missing, unreadable,
+    too large to decode safely, or (through a name or a link) outside the folder."""
+    try:
+        path = resolve_image(root, name)
+    except DatasetError:
+        return None
+    return thumbnail(str(path), path.stat().st_mtime, size) if path.is_file() else None
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
 def thumbnail(path: str, mtime: float, size: int = 192) -> np.ndarray | None:
-    """A small uint8 grayscale preview of an image file; None when it cannot be decoded."""
+    """A small uint8 grayscale preview of an image file; None when it cannot be decoded.
+
+    The header is checked first, so a decompression bomb is refused before any pixel is allocated."""
     import cv2
 
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    if image is None:
+    try:
+        quick_check(path)
+    except CxrError:
         return None
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:  # DICOM, or a file OpenCV cannot read: the core decoder says which
+        try:
+            image = np.round(read_image(path) * 255).astype(np.uint8)
+        except CxrError:
+            return None
     scale = size / max(image.shape)
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                       interpolation=cv2.INTER_AREA)

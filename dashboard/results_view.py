@@ -22,6 +22,7 @@ import streamlit as st
 from cxrcore.dataset import Split, load_split, parse_split_spec
 from cxrcore.delong import Comparison, compare_models
 from cxrcore.errors import ConfigError, DatasetError
+from cxrcore.export import csv_text
 from cxrcore.labels import LABELS, canonical_label
 from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.metrics import (EvaluationResult, brier_score, evaluate, jsonable, pr_curve, reliability_bins,
@@ -707,7 +708,7 @@ def render_downloads(split: Split, evaluated: Mapping[str, Evaluated], comp: Com
                      overlaps: Mapping[str, int | None], n_bootstrap: int) -> None:
     st.subheader("Downloads")
     a, b = st.columns(2)
-    a.download_button("AUROC table (CSV)", metrics_table(evaluated).to_csv(index=False).encode(),
+    a.download_button("AUROC table (CSV)", csv_text(metrics_table(evaluated)).encode(),
                       file_name=f"auroc_{split.name}.csv", mime="text/csv", key="results_dl_csv",
                       icon=":material/download:")
     b.download_button("Evaluation (JSON)", evaluation_json(split, evaluated, comp, overlaps, n_bootstrap),

@@ -15,7 +15,8 @@ import pytest
 from cxrcore.audit import run_audit
 from cxrcore.dataset import load_split
 from cxrcore.errors import DatasetError
-from cxrcore.imagecheck import check_images, hamming, near_duplicate_pairs, perceptual_hash, resolve_image
+from cxrcore.imagecheck import check_images, hamming, near_duplicate_pairs, perceptual_hash
+from cxrcore.paths import resolve_image
 from cxrcore.labels import LABELS
 from cxrcore.report import render, to_dict, verdict
 from tests.csv_corpus import near_copy, onehot_frame, smooth_image, to_csv_bytes, truncate_file, write_png
