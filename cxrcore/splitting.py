@@ -601,7 +601,8 @@ def repair_leakage(splits: list[Split], priority: list[str] | None = None) -> Re
     for split in repaired:
         if len(split) == 0:
             report.notes.append(f"split '{split.name}' is empty after repair: all its patients had more images "
-                                "elsewhere; re-split with --input and --fractions instead.")
+                                "elsewhere, so no file is written for it; re-split with --input and --fractions "
+                                "instead.")
     shared = _shared_images(repaired)
     if shared:
         report.notes.append(f"{shared} image name(s) are still in more than one split under different "
@@ -635,11 +636,13 @@ def _list_note(result: SplitResult) -> None:
 
 def write_outputs(result: SplitResult, out_dir: str | Path, *, protect: Iterable[str | Path] = ()) -> list[Path]:
     """Write each split as `<name>.csv`/`.txt` in its input's format, plus split_report.json and .md,
-    inside `out_dir` only; refuses to overwrite any path in `protect` (the input files)."""
+    inside `out_dir` only; refuses to overwrite any path in `protect` (the input files). A split left
+    empty (by a repair) gets no file: a header-only file could not be loaded back as a split."""
     out = Path(out_dir)
+    kept = [s for s in result.splits if len(s)]
     if out.exists() and not out.is_dir():
         raise DatasetError("output path is a file, not a folder.", file=str(out), fix="give a folder with --out.")
-    names = [output_name(s) for s in result.splits] + [REPORT_JSON, REPORT_MD]
+    names = [output_name(s) for s in kept] + [REPORT_JSON, REPORT_MD]
     root = out.resolve()
     targets = [(root / n).resolve() for n in names]
     protected = {Path(p).resolve() for p in protect}
@@ -653,7 +656,7 @@ def write_outputs(result: SplitResult, out_dir: str | Path, *, protect: Iterable
     out.mkdir(parents=True, exist_ok=True)
     _list_note(result)
     result.report.files = names
-    for split, path in zip(result.splits, targets):
+    for split, path in zip(kept, targets):
         write_split(split, split.frame, path)
     targets[-2].write_text(result.report.to_json() + "\n", encoding="utf-8")
     targets[-1].write_text(result.report.render("markdown"), encoding="utf-8")

@@ -285,6 +285,24 @@ def test_repair_drops_duplicate_images_and_mixed_layouts_fall_back(tmp_path):
     assert sorted(reloaded.images) == sorted(out.images)
 
 
+def test_a_split_emptied_by_repair_gets_no_file(tmp_path):
+    """Every patient of 'valid' has more images in train: valid ends empty, and a header-only file
+    (which could not be loaded back) is not written; the report says so."""
+    frame = make_rows(patients=12)
+    counts = frame.PatientId.value_counts()
+    valid = frame[frame.PatientId == int(counts[counts >= 3].index[0])].iloc[:1]
+    train = frame.drop(valid.index)
+    splits = [load_split(write_csv(train, tmp_path / "train.csv"), split_name="train"),
+              load_split(write_csv(valid, tmp_path / "valid.csv"), split_name="valid")]
+    result = repair_leakage(splits)
+    assert len(result.by_name["valid"]) == 0
+    paths = write_outputs(result, tmp_path / "out")
+    assert [p.name for p in paths] == ["train.csv", REPORT_JSON, REPORT_MD]
+    assert not (tmp_path / "out" / "valid.csv").exists()
+    assert any("valid' is empty after repair" in n and "no file is written" in n for n in result.report.notes)
+    assert len(load_split(paths[0])) == len(train) + len(valid)
+
+
 # ---------------------------------------------------------------------------------------------
 # Output files
 
