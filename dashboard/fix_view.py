@@ -30,11 +30,21 @@ def _default_fractions(splits: list[Split]) -> dict[str, float]:
     return shares
 
 
+#: The core's notes name the CLI's re-split flags; on this page the re-split is the second tab.
+CLI_RESPLIT = "re-split with --input and --fractions"
+PAGE_RESPLIT = "re-split in the 'Re-split stratified by patient' tab"
+
+
+def page_note(note: str) -> str:
+    """A report note in this page's words (its tab, not the CLI's flags)."""
+    return note.replace(CLI_RESPLIT, PAGE_RESPLIT)
+
+
 def _show_result(result: SplitResult, file_stem: str) -> None:
     report = result.report
     (st.success if report.leaked_after[0] == 0 else st.warning)(report.verdict())
     for note in [*report.notes, *report.warnings]:
-        st.caption(note)
+        st.caption(page_note(note))
     with st.expander("Before/after balance report"):
         st.markdown(report.render("markdown"))
     st.download_button("Download the fixed split files (zip)", outputs_zip(result), file_name=f"{file_stem}.zip",
