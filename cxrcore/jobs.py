@@ -9,10 +9,12 @@ age alone. No TensorFlow here: the app imports this module.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -41,6 +43,10 @@ LOCK_FD_ENV = "CXR_TRAIN_LOCK_FD"
 STALE_AFTER_S = 60.0
 #: How often a training process rewrites status.json at most (and at least, via its heartbeat thread).
 HEARTBEAT_S = 2.0
+#: The names new_run_id gives run folders; a plain file named like this is listed as a broken run.
+RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_-]+-[0-9a-f]{4}$")
+#: OSError numbers that mean "no room left to write": a full disk, or the user's quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,13 +71,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON object from a file; ConfigError (naming the file) when missing, unreadable or not an object."""
+    """A JSON object from a file; ConfigError (naming the file) when missing, unreadable, empty or not an object."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"{p.name} is missing.", file=str(p)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except PermissionError:
+        raise ConfigError(f"{p.name} cannot be read: permission denied.", file=str(p),
+                          fix="give your user read access to the run folder (ls -l shows its owner and "
+                              "permissions).") from None
+    except json.JSONDecodeError as err:
+        problem = "is empty" if not text.strip() else f"is damaged (not valid JSON: {err})"
+        raise ConfigError(f"{p.name} {problem}.", file=str(p)) from None
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p.name} is damaged ({type(err).__name__}: {err}).", file=str(p)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name} is not a JSON object.", file=str(p))
@@ -80,6 +94,36 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for the OSError a write gets when the disk (or the user's quota) has no room left."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error(path: str | os.PathLike, kept: str = "") -> ConfigError:
+    """The user-facing error for a write into `path` (a file, or a folder when the file is unknown) that failed
+    because the disk is full; `kept` says what stayed intact."""
+    p = Path(path)
+    folder, what = (p, f"into {p.name}/") if p.is_dir() else (p.parent, p.name)
+    return ConfigError(f"the disk is full (no space left on the device) while writing {what}."
+                       + (f" {kept}" if kept else ""), file=str(folder),
+                       fix=f"free disk space on the drive holding {folder} (`df -h` shows it), then resume the "
+                           "run: it continues from its last checkpoint.")
+
+
+def rewrite_in_place(path: str | os.PathLike, text: str) -> None:
+    """Overwrite an existing small file without a temporary copy: the fallback when the disk is full.
+
+    On most filesystems a file under one block (status.json) is rewritten into the block it already has, so
+    no new space is needed; readers may see a half-written file for a moment, so this is only the fallback.
+    """
+    data = text.encode("utf-8")
+    with open(path, "r+b") as handle:
+        handle.write(data)
+        handle.truncate(len(data))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +290,15 @@ class StatusWriter:
         self.fields["updated"] = time.time()
         try:
             atomic_write_json(self.path, self.fields)
-        except OSError:
-            return  # a full disk must not kill training; the next beat retries
+        except OSError as err:
+            # A full disk must not kill training (the next beat retries), nor hide a final state: the
+            # temporary copy needs new space, rewriting the existing file in place usually does not.
+            if not is_disk_full(err):
+                return
+            try:
+                rewrite_in_place(self.path, json.dumps(_jsonable(self.fields), indent=2) + "\n")
+            except OSError:
+                return
         self._last = time.monotonic()
 
     def start_heartbeat(self, interval_s: float = HEARTBEAT_S) -> None:
@@ -465,7 +516,10 @@ class RunSummary:
 
     @property
     def has_model(self) -> bool:
-        return (self.path / BEST_MODEL).is_file()
+        try:
+            return (self.path / BEST_MODEL).is_file()
+        except OSError:  # an unreadable folder (permissions): no usable model
+            return False
 
     def row(self) -> dict[str, Any]:
         """A flat dict for a table."""
@@ -485,6 +539,10 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
     """Read one run folder; anything unreadable makes it 'broken' with the reason, never an exception."""
     path = Path(run_dir)
     try:
+        if not path.is_dir():
+            return RunSummary(path.name, path, "broken", problem="this is a file, not a run folder (a run is a "
+                              "folder holding config.json and status.json); it was probably replaced or copied "
+                              "incompletely.")
         config = read_json(path / CONFIG_FILE)
         status = read_json(path / STATUS_FILE)
         state = effective_state(status, path)
@@ -499,27 +557,58 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
 
 
 def list_runs(runs_root: str | os.PathLike) -> list[RunSummary]:
-    """Every run folder under runs_root, newest first; hidden and temporary folders are skipped."""
+    """Every run folder under runs_root, newest first; hidden and temporary folders are skipped.
+
+    Other files are skipped too, except one named like a run (RUN_ID_PATTERN): that is a run folder
+    replaced by a file, listed as broken. ConfigError when runs_root itself cannot be read.
+    """
     root = Path(runs_root)
     if not root.is_dir():
         return []
-    runs = [summarize_run(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    try:
+        entries = list(root.iterdir())
+    except OSError as err:
+        raise ConfigError(f"the runs folder cannot be read ({err.strerror or err}).", file=str(root),
+                          fix="give your user read access to it, or point CXR_RUNS_ROOT at another folder.") from None
+    runs = [summarize_run(p) for p in entries
+            if not p.name.startswith(".") and (_is_dir(p) or RUN_ID_PATTERN.match(p.name))]
     return sorted(runs, key=lambda r: (r.created, r.run_id), reverse=True)
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def read_metrics(run_dir: str | os.PathLike):
-    """metrics.csv as a DataFrame (empty when not written yet); ConfigError when it is damaged."""
+    """metrics.csv as a DataFrame (empty when not written yet); ConfigError when it is damaged.
+
+    A last row cut off by a crash or a full disk (every complete row ends with a newline) is left out,
+    and so are rows without a usable epoch number.
+    """
     import pandas as pd
 
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return pd.DataFrame()
     try:
-        frame = pd.read_csv(path)
+        if not path.is_file():
+            return pd.DataFrame()
+        data = path.read_bytes()
+        if not data.strip():
+            return pd.DataFrame()
+        frame = pd.read_csv(io.BytesIO(data))
     except (ValueError, OSError) as err:
         raise ConfigError(f"metrics.csv is damaged ({err}).", file=str(path)) from None
+    if len(frame) and not data.endswith(b"\n"):
+        frame = frame.iloc[:-1]
     if len(frame) and "epoch" not in frame.columns:
         raise ConfigError("metrics.csv has no 'epoch' column.", file=str(path))
+    if len(frame):
+        epochs = pd.to_numeric(frame["epoch"], errors="coerce")
+        usable = epochs.notna() & (epochs >= 1)
+        frame = frame[usable].reset_index(drop=True)
+        frame["epoch"] = epochs[usable].astype(int).to_numpy()
     return frame
 
 
@@ -601,6 +690,7 @@ def tf_config_role(env: Mapping[str, str] | None = None) -> tuple[bool, bool, in
 
 
 __all__ = ["ACTIVE_STATES", "RunLock", "RunSummary", "STATES", "StatusWriter", "already_running", "append_metrics_row",
-           "atomic_write_json", "atomic_write_text", "cancel", "create_run", "effective_state", "launch",
-           "list_runs", "lock_held", "lock_info", "log_tail", "new_run_id", "pid_alive", "read_json",
-           "read_metrics", "run_probe", "summarize_run", "tf_config_role", "train_command", "truncate_metrics"]
+           "atomic_write_json", "atomic_write_text", "cancel", "create_run", "disk_full_error", "effective_state",
+           "is_disk_full", "launch", "list_runs", "lock_held", "lock_info", "log_tail", "new_run_id", "pid_alive",
+           "read_json", "read_metrics", "rewrite_in_place", "run_probe", "summarize_run", "tf_config_role",
+           "train_command", "truncate_metrics"]

@@ -87,7 +87,11 @@ def discover_models(models_root: str | os.PathLike | None, runs_root: str | os.P
     if runs is not None and runs.is_dir():
         for run_dir in sorted((d for d in runs.iterdir() if d.is_dir()), reverse=True):
             model = run_dir / RUN_MODEL
-            if model.is_file():
+            try:
+                found = model.is_file()
+            except OSError:  # an unreadable run folder (permissions): the Training page lists it as broken
+                continue
+            if found:
                 entries.append(describe_model(model, f"run {run_dir.name}", run_dir=run_dir))
     return entries
 

@@ -11,6 +11,7 @@ improved, a metrics.csv row, TensorBoard scalars, then checkpoints/last.keras + 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -23,7 +24,7 @@ import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -523,9 +524,33 @@ def metrics_columns(labels: tuple[str, ...]) -> list[str]:
 
 
 def _save_atomic(model: Any, path: Path) -> None:
+    """Save through a temporary file, then os.replace: a failed save (full disk) leaves the old file whole."""
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _disk_full_explained(path: Path, kept: str) -> Iterator[None]:
+    """Turn a full disk while writing `path` into a ConfigError that names it and says what was kept."""
+    try:
+        yield
+    except OSError as err:
+        if not jobs.is_disk_full(err):
+            raise
+        raise jobs.disk_full_error(path, kept) from None
+
+
+def _kept_checkpoint(state: dict[str, Any]) -> str:
+    """What a failed checkpoint save leaves behind, in words."""
+    done = int(state.get("epochs_done") or 0)
+    if not done:
+        return "No checkpoint was written yet: a resume starts from the first epoch."
+    return f"The checkpoint after epoch {done} is kept unchanged: a resume continues from there."
 
 
 def _model_info(config: TrainConfig, data: TrainingData, run_dir: Path, epoch: int, val: dict[str, Any]) -> Any:
@@ -742,7 +767,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
             log(f"cancel requested during epoch {epoch + 1} (step {steps} of {steps_per_epoch}): saving what it has.")
             if chief:
                 status.update(force=True, phase="saving the checkpoint")
-                _save_atomic(train_model, last_path)
+                with _disk_full_explained(last_path, _kept_checkpoint(state)):
+                    _save_atomic(train_model, last_path)
                 jobs.atomic_write_json(state_path, {**state, "epochs_done": epoch, "partial_steps": steps,
                                                     "saved": time.time()})
             break
@@ -755,13 +781,16 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
         current = val["val_auroc"] if mode == "max" else val["val_loss"]
         improved = best is None or (current > best if mode == "max" else current < best)
         if improved:
-            best, best_epoch = current, epoch + 1
             if chief:
                 from cxrcore.model import save_model
 
                 status.update(force=True, phase="saving the best model")
-                save_model(export_model(model, config, data.labels, mixed),
-                           _model_info(config, data, run_dir, epoch + 1, val), run_dir / jobs.BEST_MODEL)
+                kept = (f"The best model so far (epoch {best_epoch}) is kept unchanged in {jobs.BEST_MODEL}."
+                        if best_epoch else f"No {jobs.BEST_MODEL} was written yet.")
+                with _disk_full_explained(run_dir / jobs.BEST_MODEL, kept):
+                    save_model(export_model(model, config, data.labels, mixed),
+                               _model_info(config, data, run_dir, epoch + 1, val), run_dir / jobs.BEST_MODEL)
+            best, best_epoch = current, epoch + 1
         logs = {"loss": train_loss, "val_loss": val["val_loss"], "val_auroc": val["val_auroc"]}
         callback_list.on_epoch_end(epoch, logs)
         seconds = time.monotonic() - t_epoch
@@ -777,7 +806,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
                                       "epoch_val_auroc": val["val_auroc"], "epoch_learning_rate": lr,
                                       **{f"val_auroc/{k}": v for k, v in val["per_class"].items()}})
             status.update(force=True, phase="saving the checkpoint")
-            _save_atomic(train_model, last_path)
+            with _disk_full_explained(last_path, _kept_checkpoint(state)):
+                _save_atomic(train_model, last_path)
             state = {"epochs_done": epoch + 1, "best_epoch": best_epoch, "saved": time.time(),
                      "best_val_auroc": best if mode == "max" else None,
                      "best_val_loss": best if mode == "min" else None, "stopped_early": stopped_early,
@@ -883,6 +913,14 @@ def run_job(run_dir: str | os.PathLike, config: TrainConfig, *, resume: bool = F
             raise
         except BaseException as err:
             status.stop_heartbeat()
+            if jobs.is_disk_full(err):  # a write other than the models' (metrics, state, TensorBoard)
+                disk = jobs.disk_full_error(getattr(err, "filename", None) or run_dir,
+                                            "Files written before are kept; a resume continues from the last "
+                                            "checkpoint.")
+                status.update(force=True, state="failed", phase=None, error=str(disk), eta_seconds=None)
+                log(f"failed: {disk}")
+                traceback.print_exc(file=sys.stdout)
+                raise disk from None
             text = _friendly_error(err)
             status.update(force=True, state="failed", phase=None, error=text, eta_seconds=None)
             log(f"failed: {text}")

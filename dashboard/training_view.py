@@ -310,8 +310,9 @@ def _runs_fragment() -> None:
     ids = [r.run_id for r in runs]
     wanted = st.session_state.get(SELECTED_KEY)
     index = ids.index(wanted) if wanted in ids else 0
-    chosen = st.selectbox("Run", ids, index=index, key="train_run_choice",
-                          format_func=lambda i: f"{i} ({next(r.state for r in runs if r.run_id == i)})")
+    # Options are the bare ids: a keyed selectbox keeps showing the label it had when chosen, so a state
+    # in the label ("(running)") would go stale when the run finishes or dies. The state is shown below.
+    chosen = st.selectbox("Run", ids, index=index, key="train_run_choice")
     st.session_state[SELECTED_KEY] = chosen
     run = next(r for r in runs if r.run_id == chosen)
     with user_errors(f"run {chosen}"):
@@ -360,7 +361,11 @@ def render_run(run: jobs.RunSummary) -> None:
     cols[2].metric("Device", str(s.get("device") or "-"))
     cols[3].metric("Preset", str(run.config.get("preset") or "-"))
     _render_actions(run)
-    metrics = jobs.read_metrics(run.path)
+    try:
+        metrics = jobs.read_metrics(run.path)
+    except ConfigError as err:  # a damaged metrics.csv loses the curves, not the rest of the run's view
+        st.warning(f"The curves cannot be drawn: {err}", icon=":material/show_chart:")
+        metrics = pd.DataFrame()
     if len(metrics):
         render_curves(metrics, key=run.run_id)
     if (run.path / jobs.PREDICTIONS_DIR / "test.csv").is_file():
