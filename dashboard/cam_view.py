@@ -322,30 +322,49 @@ def _box_list(boxes: pd.DataFrame | None) -> list[tuple[str, tuple[float, float,
     return [(r.Label, (r.x, r.y, r.w, r.h)) for r in boxes.itertuples(index=False)]
 
 
+def _jpeg(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _panels(maps_key: tuple, name: str, labels_shown: tuple[str, ...], box_list: tuple, truth: tuple[str, ...] | None,
+            opacity: float, colormap: str, scale: tuple[float, float], _shown_image: np.ndarray,
+            _result: cam.ImageMaps) -> list[tuple[bytes, str]]:
+    """The original (labels, boxes) and one overlay per class, as JPEG bytes with captions.
+
+    Cached by what they are drawn from (maps_key: model, image, method, layer, smoothing), so a rerun or
+    another student on the same image costs no blending and no image encoding."""
+    base = cam.gray_rgb(_shown_image)
+    panels = [(_jpeg(cam.draw_boxes(base, list(box_list), scale=scale) if box_list else base),
+               f"{name} · " + ("labels unknown" if truth is None else
+                               f"true: {', '.join(truth) if truth else 'No Finding'}"))]
+    for label in labels_shown:
+        panel = cam.overlay(_shown_image, _result.map_for(label), opacity, colormap)
+        own = [(n, b) for n, b in box_list if n == label]
+        if own:
+            panel = cam.draw_boxes(panel, own, scale=scale, label=False, color=(255, 255, 255))
+        mark = " · true" if label in (truth or ()) else ""
+        panels.append((_jpeg(panel), f"{label} · p={_result.prob(label):.2f}{mark}"))
+    return panels
+
+
 def render_image(name: str, shown_image: np.ndarray, original: tuple[int, int], result: cam.ImageMaps,
                  settings: MapSettings, truth: Sequence[str] | None, boxes: pd.DataFrame | None,
-                 threshold: float | None, labels_shown: Sequence[str]) -> None:
+                 threshold: float | None, labels_shown: Sequence[str], maps_key: tuple) -> None:
     """The original (labels, boxes) next to one overlay per class, probabilities, box scores, download.
 
     truth: the image's labels (empty: No Finding), or None when they are unknown (an upload).
+    maps_key: identifies `result` (model, image, method, layer, smoothing) for the panel cache.
     """
     from cxrcore.localization import score_map
 
     box_list = _box_list(boxes)
     scale = (shown_image.shape[1] / original[1], shown_image.shape[0] / original[0])
-    base = cam.gray_rgb(shown_image)
-    panels = [(cam.draw_boxes(base, box_list, scale=scale) if box_list else base,
-               f"{name} · " + ("labels unknown" if truth is None else
-                               f"true: {', '.join(truth) if truth else 'No Finding'}"))]
+    panels = _panels(maps_key, name, tuple(labels_shown), tuple(box_list), None if truth is None else tuple(truth),
+                     settings.opacity, settings.colormap, scale, shown_image, result)
     truth = list(truth or [])
-    for label in labels_shown:
-        heat = result.map_for(label)
-        panel = cam.overlay(shown_image, heat, settings.opacity, settings.colormap)
-        own = [(n, b) for n, b in box_list if n == label]
-        if own:
-            panel = cam.draw_boxes(panel, own, scale=scale, label=False, color=(255, 255, 255))
-        mark = " · true" if label in truth else ""
-        panels.append((panel, f"{label} · p={result.prob(label):.2f}{mark}"))
     left, right = st.columns([2, 3])
     left.image(panels[0][0], caption=panels[0][1], width="stretch")
     grid: list = []
@@ -411,7 +430,8 @@ def explain_and_render(entry: ModelEntry, loaded: LoadedModel, settings: MapSett
         boxed = [] if boxes is None else [c for c in dict.fromkeys(boxes["Label"]) if c in available]
         wanted = list(dict.fromkeys([*labels_shown, *(boxed if settings.method == "cam" else [])]))
         result = image_maps(key, image_key, loaded, read, wanted or available[:1], settings, size)
-    render_image(name, shown_image, original, result, settings, truth, boxes, threshold, labels_shown)
+    maps_key = (key, image_key, settings.method, settings.layer, settings.smooth, tuple(size))
+    render_image(name, shown_image, original, result, settings, truth, boxes, threshold, labels_shown, maps_key)
     return result
 
 

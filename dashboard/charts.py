@@ -1,9 +1,12 @@
 """Plotly figures shared by the pages, with one colour per class everywhere in the app."""
 from __future__ import annotations
 
+from typing import Callable, Hashable
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import streamlit as st
 from plotly.subplots import make_subplots
 
 from cxrcore.audit import SplitSummary
@@ -15,6 +18,19 @@ CLASS_COLORS: dict[str, str] = dict(zip(LABELS, (
     "#7f7f7f", "#bcbd22", "#ff7f0e", "#393b79", "#637939", "#ad494a", "#843c39")))
 NEGATIVE_COLOR = "#c7c7c7"
 SPLIT_COLORS = ("#1f6feb", "#f0883e", "#2da44e", "#a371f7", "#db61a2", "#768390")
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _shared_figure(kind: str, key: Hashable, _build: Callable[[], go.Figure]) -> go.Figure:
+    return _build()
+
+
+def cached_figure(kind: str, key: Hashable, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure of `kind` for the data identified by `key`, built once and shared by every session.
+
+    Building a Plotly figure validates every property (10-100 ms per chart), most of a warm rerun's
+    time; with 30 students on the same data that is the server's bottleneck. Never mutate the result."""
+    return _shared_figure(kind, key, build)
 
 
 def _layout(fig: go.Figure, height: int = 420, **kwargs) -> go.Figure:

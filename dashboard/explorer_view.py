@@ -11,7 +11,7 @@ from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS, NO_FINDING
 from cxrcore.paths import resolve_image
 from dashboard import charts
-from dashboard.loaders import ActiveDataset, preview
+from dashboard.loaders import ActiveDataset, preview, split_key
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 24
@@ -22,30 +22,35 @@ def _summaries(_splits: list[Split], key: tuple) -> list:
     return [summarize(s) for s in _splits]
 
 
-def render_overview(dataset: ActiveDataset) -> list:
-    from dashboard.loaders import split_key
-
+def render_overview(dataset: ActiveDataset) -> None:
     splits = dataset.split_list
-    summaries = _summaries(splits, split_key(splits))
+    key = split_key(splits)
+    summaries = _summaries(splits, key)
     st.dataframe(pd.DataFrame([{
         "split": s.name, "images": s.rows, "patients": s.patients,
         "images per patient": round(s.rows / max(s.patients, 1), 2),
         "No Finding": f"{s.no_finding_share:.1%}", "source": s.source} for s in summaries]),
         hide_index=True, width="stretch")
-    st.plotly_chart(charts.class_frequency_by_split(summaries), width="stretch")
-    return summaries
+    st.plotly_chart(charts.cached_figure("class_frequency", key, lambda: charts.class_frequency_by_split(summaries)),
+                    width="stretch")
 
 
-def render_structure(summaries: list) -> None:
+def render_structure(dataset: ActiveDataset) -> None:
+    """Label co-occurrence of one split, and labels per image."""
+    splits = dataset.split_list
+    key = split_key(splits)
+    summaries = _summaries(splits, key)
     left, right = st.columns([3, 2])
     with left:
         names = [s.name for s in summaries]
         chosen = st.selectbox("Co-occurrence in split", names, key="explorer_cooc_split")
         summary = summaries[names.index(chosen)]
-        st.plotly_chart(charts.cooccurrence_heatmap(summary.cooccurrence, f"Label co-occurrence: {chosen}"),
-                        width="stretch")
+        figure = charts.cached_figure("cooccurrence", (key, chosen), lambda: charts.cooccurrence_heatmap(
+            summary.cooccurrence, f"Label co-occurrence: {chosen}"))
+        st.plotly_chart(figure, width="stretch")
     with right:
-        st.plotly_chart(charts.labels_per_image(summaries), width="stretch")
+        st.plotly_chart(charts.cached_figure("labels_per_image", key, lambda: charts.labels_per_image(summaries)),
+                        width="stretch")
 
 
 def render_demographics(dataset: ActiveDataset) -> None:
@@ -55,9 +60,12 @@ def render_demographics(dataset: ActiveDataset) -> None:
         st.caption("No age, sex or view position columns in these files (the NIH table has them).")
         return
     columns = st.columns(len(present))
+    key = split_key(dataset.split_list)
     for column, name in zip(columns, present):
         values = {n: s.frame[name] for n, s in splits.items()}
-        column.plotly_chart(charts.metadata_histogram(values, name, numeric=name == "Age"), width="stretch")
+        figure = charts.cached_figure("metadata", (key, name),
+                                      lambda: charts.metadata_histogram(values, name, numeric=name == "Age"))
+        column.plotly_chart(figure, width="stretch")
 
 
 def findings_text(row: pd.Series) -> str:

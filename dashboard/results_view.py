@@ -29,6 +29,7 @@ from cxrcore.metrics import (EvaluationResult, brier_score, evaluate, jsonable, 
                              roc_curve, threshold_metrics)
 from cxrcore.predictions import Aligned, Predictions, align, read_predictions
 from dashboard import results_charts as charts
+from dashboard.charts import cached_figure
 from dashboard.loaders import split_key
 from dashboard.state import models_root, runs_root
 from dashboard.widgets import show_warnings, teaching_note, user_errors
@@ -293,6 +294,8 @@ class Evaluated:
     predictions: Predictions
     aligned: Aligned
     result: EvaluationResult
+    #: What the evaluation was computed from (predictions' content, split, bootstrap replicates).
+    key: tuple = ()
 
     def column(self, label: str) -> tuple[np.ndarray, np.ndarray]:
         j = self.aligned.labels.index(label)
@@ -321,8 +324,14 @@ def _evaluate(pred_key: str, labels_key: tuple, n_bootstrap: int, _predictions: 
 
 def evaluate_source(name: str, predictions: Predictions, split: Split, n_bootstrap: int) -> Evaluated:
     """Join to the split (strict: the same images) and evaluate; cached by content and split."""
-    aligned, result = _evaluate(fingerprint(predictions), split_key([split]), n_bootstrap, predictions, split)
-    return Evaluated(name, predictions, aligned, result)
+    key = (fingerprint(predictions), split_key([split]), n_bootstrap)
+    aligned, result = _evaluate(*key, predictions, split)
+    return Evaluated(name, predictions, aligned, result, key)
+
+
+def evaluated_key(evaluated: Mapping[str, Evaluated]) -> tuple:
+    """Identifies a set of evaluated models (names and contents): the key of the figures drawn from them."""
+    return tuple((name, e.key) for name, e in evaluated.items())
 
 
 @st.cache_data(show_spinner="DeLong tests...", max_entries=32)
@@ -523,8 +532,9 @@ def render_auroc_bars(evaluated: Mapping[str, Evaluated]) -> None:
     values = {name: {label: (m.auroc, m.ci_low, m.ci_high) for label, m in e.result.classes.items()}
               for name, e in evaluated.items()}
     show = st.toggle("Show published AUROCs (CheXNet, Wang et al. 2017)", value=True, key="results_literature")
-    st.plotly_chart(charts.auroc_bars(labels, list(evaluated), values, LITERATURE if show else ()),
-                    width="stretch", key="results_bars")
+    figure = cached_figure("auroc_bars", (evaluated_key(evaluated), show), lambda: charts.auroc_bars(
+        labels, list(evaluated), values, LITERATURE if show else ()))
+    st.plotly_chart(figure, width="stretch", key="results_bars")
     if show:
         st.caption("Markers: published per-class AUROCs (CheXNet's Table 1), **measured on other test sets**, "
                    "not on this split; they are context, not a comparison.")
@@ -558,7 +568,9 @@ def render_curves(evaluated: Mapping[str, Evaluated]) -> None:
         prevalence[label] = float(np.mean(owner.column(label)[0]))
     with roc_tab:
         if choice == ALL_CLASSES:
-            st.plotly_chart(charts.roc_grid(rocs, aurocs, names), width="stretch", key="results_roc")
+            figure = cached_figure("roc_grid", evaluated_key(evaluated),
+                                          lambda: charts.roc_grid(rocs, aurocs, names))
+            st.plotly_chart(figure, width="stretch", key="results_roc")
         else:
             points = {}
             for n, e in evaluated.items():
@@ -570,7 +582,9 @@ def render_curves(evaluated: Mapping[str, Evaluated]) -> None:
                             width="stretch", key="results_roc")
     with pr_tab:
         if choice == ALL_CLASSES:
-            st.plotly_chart(charts.pr_grid(prs, auprcs, prevalence, names), width="stretch", key="results_pr")
+            figure = cached_figure("pr_grid", evaluated_key(evaluated),
+                                          lambda: charts.pr_grid(prs, auprcs, prevalence, names))
+            st.plotly_chart(figure, width="stretch", key="results_pr")
         else:
             st.plotly_chart(charts.pr_figure(choice, prs[choice], {n: auprcs[n].get(choice, math.nan) for n in names},
                                              prevalence[choice]), width="stretch", key="results_pr")

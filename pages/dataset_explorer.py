@@ -16,7 +16,7 @@ with user_errors("loading the dataset"):
         st.info("No dataset yet: see the Home page.")
     else:
         show_warnings([w for s in dataset.split_list for w in s.warnings])
-        summaries = render_overview(dataset)
-        render_structure(summaries)
+        render_overview(dataset)
+        render_structure(dataset)
         render_demographics(dataset)
         render_grid(dataset)
