@@ -34,6 +34,24 @@ def perceptual_hash(gray: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
+def _oversized(data: bytes) -> str | None:
+    """Why a PNG or JPEG must not be decoded: its header claims more than DEFAULT_MAX_PIXELS (a decompression
+    bomb, which OpenCV would allocate and decode in full), or has no readable size; None when it may be."""
+    from cxrcore.errors import ImageError
+    from cxrcore.images import DEFAULT_MAX_PIXELS, image_size, sniff_format
+
+    if sniff_format(data) not in ("png", "jpeg"):
+        return None
+    try:
+        width, height = image_size(data)
+    except ImageError as err:
+        return err.problem
+    if width * height > DEFAULT_MAX_PIXELS:
+        return (f"{width}x{height} pixels, above the {DEFAULT_MAX_PIXELS / 1e6:.0f}-megapixel limit "
+                "(possible decompression bomb); not decoded")
+    return None
+
+
 def _decode_gray(data: bytes) -> np.ndarray | None:
     import cv2
 
@@ -107,6 +125,9 @@ def _hash_file(root: Path, split: str, name: str, with_perceptual: bool) -> Imag
         return ImageRecord(split, name, content_hash=digest)
     if not data:
         return ImageRecord(split, name, content_hash=digest, problem="empty file")
+    refused = _oversized(data)
+    if refused:
+        return ImageRecord(split, name, content_hash=digest, problem=refused)
     gray = _decode_gray(data)
     if gray is None:
         return ImageRecord(split, name, content_hash=digest, problem="not a decodable image")

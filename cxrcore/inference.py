@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from cxrcore.dataset import IMAGE, Split
+from cxrcore.errors import CxrError, ImageError
 from cxrcore.labels import LABELS
 from cxrcore.model import LoadedModel
 
@@ -37,8 +39,16 @@ def fit_normalization(loaded: LoadedModel, train: Split, image_root: str | os.Pa
         return loaded
     from cxrcore.pipeline import estimate_normalization
 
-    norm = estimate_normalization(train.frame, image_root, input_size=loaded.info.input_size,
-                                  sample_size=sample_size)
+    import tensorflow as tf
+
+    try:
+        norm = estimate_normalization(train.frame, image_root, input_size=loaded.info.input_size,
+                                      sample_size=sample_size)
+    except tf.errors.OpError as err:
+        found = decoding_error(err, [])
+        if found is None:
+            raise
+        raise found from None
     info = dataclasses.replace(loaded.info, normalization=norm,
                                metadata={**loaded.info.metadata, "normalization_fitted_on": train.source})
     return dataclasses.replace(loaded, info=info)
@@ -57,17 +67,44 @@ def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLi
     dataset = image_dataset(paths, input_size=info.input_size, batch_size=batch_size,
                             normalization=info.normalization, memory_cache=False)
     total, steps = len(paths), -(-len(paths) // batch_size)
+    done = [0]  # batches predicted: a decoding failure is in the next one
 
     class _Progress(keras.callbacks.Callback):
         def on_predict_batch_end(self, batch, logs=None):
+            done[0] = batch + 1
             if progress:
                 progress(min(total, (batch + 1) * batch_size), total, "predicting")
 
+    import tensorflow as tf
+
     # model.predict spreads batches over every replica when the model was loaded under a
     # MirroredStrategy (several GPUs); on one device it is a plain loop.
-    raw = np.asarray(loaded.model.predict(dataset, steps=steps, verbose=0, callbacks=[_Progress()]),
-                     dtype=np.float32)
+    try:
+        raw = np.asarray(loaded.model.predict(dataset, steps=steps, verbose=0, callbacks=[_Progress()]),
+                         dtype=np.float32)
+    except tf.errors.OpError as err:
+        found = decoding_error(err, paths[done[0] * batch_size:(done[0] + 2) * batch_size])
+        if found is None:
+            raise
+        raise found from None
     return reorder_outputs(raw, info.labels, LABELS)
+
+
+def decoding_error(err: Exception, suspects: list[str]) -> CxrError | None:
+    """The user's error behind a tf.data failure, instead of TensorFlow's traceback: the CxrError our decoder
+    raised inside the pipeline (its text is in TF's message), else the first suspect file our decoder
+    refuses; None when no image is at fault (then the failure is not about the input)."""
+    from cxrcore.images import read_image
+
+    raised = re.search(r"cxrcore\.errors\.\w+: (.+)", str(getattr(err, "message", err)))
+    if raised:
+        return ImageError(raised.group(1).strip())
+    for path in suspects:
+        try:
+            read_image(path)
+        except CxrError as found:
+            return found
+    return None
 
 
 def cached_predictions(cache_dir: str | os.PathLike, model_fingerprint: str, loaded: LoadedModel, split: Split,

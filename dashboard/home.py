@@ -56,7 +56,7 @@ def render_upload() -> None:
         loaded = {}
         for file in files:
             name = Path(file.name).name.split(".")[0]
-            with user_errors(file.name):
+            with user_errors("reading the upload"):  # the error names the file itself
                 loaded[name] = uploaded_split(file.getvalue(), file.name, name)
         if loaded:
             st.session_state[UPLOADS_KEY] = loaded

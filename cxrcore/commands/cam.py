@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cxrcore.commands import quiet_native_stderr
+
 NAME = "cam"
 HELP = "Class activation maps (CAM, Grad-CAM, Grad-CAM++) for an image, or a split with a localization report."
 _METHODS = ("cam", "gradcam", "gradcam++")
@@ -79,7 +81,8 @@ def _load(args: argparse.Namespace):
     from cxrcore.registry import describe_model
 
     entry = describe_model(Path(args.model), Path(args.model).stem)
-    loaded = load_model(args.model, entry.info)
+    with quiet_native_stderr():  # TensorFlow's start-up log lines
+        loaded = load_model(args.model, entry.info)
     if not loaded.info.normalization.fitted:
         if not args.normalize_from:
             raise ConfigError("this model uses 'dataset' normalization without stored mean/std.", file=args.model,
@@ -89,7 +92,8 @@ def _load(args: argparse.Namespace):
         from cxrcore.inference import fit_normalization
 
         train = load_named_splits([f"train={args.normalize_from}"])[0]
-        loaded = fit_normalization(loaded, train, args.images)
+        with quiet_native_stderr():
+            loaded = fit_normalization(loaded, train, args.images)
     return loaded
 
 
@@ -116,10 +120,17 @@ def _figure(image, result, boxes, truth, args):
                               truth=truth, columns=min(5, len(result.labels) + 1))
 
 
+def read_image(path: str):
+    """cxrcore.images.read_image without libpng's own 'libpng error' line on stderr (see quiet_native_stderr)."""
+    from cxrcore import images
+
+    with quiet_native_stderr():
+        return images.read_image(path)
+
+
 def run_single(args: argparse.Namespace) -> int:
     from cxrcore.boxes import boxes_for
     from cxrcore.cam import explain, png_bytes, top_labels
-    from cxrcore.images import read_image
 
     image = read_image(args.image)
     loaded = _load(args)
@@ -176,7 +187,7 @@ def run_split(args: argparse.Namespace) -> int:
     from cxrcore.cam import explain_batch, png_bytes, top_labels
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.errors import DatasetError
-    from cxrcore.images import read_image
+    from cxrcore.export import csv_text
     from cxrcore.labels import LABELS
     from cxrcore.localization import deletion_test, localize_images, summarize_localization
     from cxrcore.pipeline import resolve_image_paths
@@ -214,12 +225,12 @@ def run_split(args: argparse.Namespace) -> int:
                                   layer=args.layer, threshold=args.threshold, smooth=args.smooth,
                                   read=lambda p: read_image(by_name[Path(p).name]), on_maps=save, progress=progress)
         summary = summarize_localization(records)
-        records.to_csv(out / "localization.csv", index=False)
-        summary.to_csv(out / "localization_summary.csv", index=False)
+        (out / "localization.csv").write_text(csv_text(records), encoding="utf-8")
+        (out / "localization_summary.csv").write_text(csv_text(summary), encoding="utf-8")
         faith = None
         if args.faithfulness:
             faith = _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress)
-            faith.to_csv(out / "faithfulness.csv", index=False)
+            (out / "faithfulness.csv").write_text(csv_text(faith), encoding="utf-8")
         (out / "report.md").write_text(_report_text(summary, args, len(boxed), faith), encoding="utf-8")
         if not args.quiet:
             print(summary.round(3).to_string(index=False))
@@ -242,7 +253,7 @@ def run_split(args: argparse.Namespace) -> int:
             save(name, image, result)
             rows += [{"Image": name, "Label": label, "prob": result.prob(label)} for label in result.labels]
         progress(min(start + 8, len(chosen)), len(chosen), "maps")
-    pd.DataFrame(rows).to_csv(out / "maps.csv", index=False)
+    (out / "maps.csv").write_text(csv_text(pd.DataFrame(rows)), encoding="utf-8")
     print(f"maps of {len(chosen)} images -> {maps_dir} (no boxes: no localization report)", file=sys.stderr)
     return 0
 

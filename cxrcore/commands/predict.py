@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"missing {', '.join(missing)}.", fix="see python -m cxrcore predict --help.")
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}.")
+    from cxrcore.commands import quiet_native_stderr
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.inference import cached_predictions, fit_normalization
     from cxrcore.registry import describe_model
@@ -94,15 +95,17 @@ def run(args: argparse.Namespace) -> int:
                               file=args.model, fix="pass --normalize-from TRAIN_FILE (the course fits it on "
                                                    "100 training images).")
         train = load_named_splits([f"train={args.normalize_from}"])[0]
-        loaded = fit_normalization(loaded, train, args.images)
+        with quiet_native_stderr():
+            loaded = fit_normalization(loaded, train, args.images)
 
     def progress(done: int, total: int, stage: str) -> None:
         if not args.quiet:
             print(f"\r{stage}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
 
     cache = Path(args.cache) if not args.no_cache else Path(args.out).parent / ".predict-tmp"
-    path = cached_predictions(cache, entry.fingerprint, loaded, split, args.images, batch_size=args.batch,
-                              progress=progress)
+    with quiet_native_stderr():  # TensorFlow's log lines when an image fails to decode
+        path = cached_predictions(cache, entry.fingerprint, loaded, split, args.images, batch_size=args.batch,
+                                  progress=progress)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, args.out)
     if args.no_cache:
@@ -112,12 +115,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, info):
-    """Load the model, under MirroredStrategy when several GPUs are visible."""
-    import tensorflow as tf
+    """Load the model, under MirroredStrategy when several GPUs are visible (TensorFlow's start-up log silenced)."""
+    from cxrcore.commands import quiet_native_stderr
 
-    from cxrcore.model import load_model
+    with quiet_native_stderr():
+        import tensorflow as tf
 
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        with tf.distribute.MirroredStrategy().scope():
-            return load_model(path, info)
-    return load_model(path, info)
+        from cxrcore.model import load_model
+
+        if len(tf.config.list_physical_devices("GPU")) > 1:
+            with tf.distribute.MirroredStrategy().scope():
+                return load_model(path, info)
+        return load_model(path, info)
