@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit.logger import get_logger
 
 from cxrcore.dataset import Split
 from cxrcore.model import LoadedModel
@@ -12,6 +13,10 @@ from cxrcore.predictions import Predictions, read_predictions
 from cxrcore.registry import ModelEntry, discover_models
 from dashboard.loaders import ActiveDataset
 from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root
+
+#: Streamlit's logger, so the line shows in the server log at its default level (bench_classroom.py counts it).
+log = get_logger("cxr_dashboard.models")
+MODEL_LOADED = "loaded model"
 
 
 def model_entries() -> list[ModelEntry]:
@@ -77,7 +82,9 @@ def loaded_model(path: str, fingerprint: str) -> LoadedModel:
     from cxrcore.registry import describe_model
 
     keep_compiled_functions()
-    return load_model(path, describe_model(Path(path), Path(path).stem).info)
+    model = load_model(path, describe_model(Path(path), Path(path).stem).info)
+    log.info("%s %s (%s)", MODEL_LOADED, path, fingerprint)
+    return model
 
 
 @st.cache_resource(show_spinner="Fitting the model's normalization on training images...", max_entries=8)
