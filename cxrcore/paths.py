@@ -1,15 +1,14 @@
 """File access kept inside the configured roots: names and links that lead elsewhere are refused.
 
 Split files name images by bare file name and the app opens only what lies under its data, models,
-runs and cache roots, so a crafted CSV, a planted symlink or a typed path cannot reach other files.
+runs and cache roots, so a crafted CSV or a planted symlink cannot reach other files.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
 
-from cxrcore.errors import ConfigError, DatasetError
+from cxrcore.errors import DatasetError
 
 
 def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
@@ -40,14 +39,4 @@ def escaping_links(root: str | os.PathLike) -> set[str]:
     return {name for name in links if not is_inside(base / name, base)}
 
 
-def confine(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, what: str) -> Path:
-    """A path typed by a user, resolved, if it lies inside one of `roots`; ConfigError otherwise."""
-    roots = [Path(r).resolve() for r in roots]
-    real = Path(path).expanduser().resolve()
-    if any(is_inside(real, r) for r in roots):
-        return real
-    raise ConfigError(f"the {what} '{path}' is outside the folders this app may read.",
-                      fix="put the file under " + " or ".join(str(r) for r in roots) + ".")
-
-
-__all__ = ["confine", "escaping_links", "is_inside", "resolve_image"]
+__all__ = ["escaping_links", "is_inside", "resolve_image"]
