@@ -17,6 +17,11 @@ import numpy as np
 
 from cxrcore.errors import ImageError
 
+try:  # Rust PNG decoder: 2.3x less CPU than libpng on NIH files, identical pixels (docs/benchmarks.md)
+    from kornia_rs import io as _kornia_io
+except ImportError:  # pragma: no cover - pinned in requirements.txt; OpenCV's libpng decodes everything
+    _kornia_io = None
+
 #: Largest image accepted by default (width * height), checked on the header before decoding.
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -29,6 +34,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: PNG colour types the fast decoder reads (gray, RGB, RGBA; 8/16-bit, not interlaced) and its modes.
+#: Gray+alpha, palette, 1/2/4-bit and interlaced files go to OpenCV: they are rare in X-ray sets.
+_FAST_PNG_MODES = {0: "mono", 2: "rgb", 6: "rgba"}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOFs.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -213,6 +221,38 @@ def _to_gray01(arr: np.ndarray, *, bgr: bool) -> np.ndarray:
     return np.clip(gray, 0.0, 1.0, out=gray)
 
 
+def fast_png_available() -> bool:
+    """True when the fast PNG decoder (kornia-rs) is installed."""
+    return _kornia_io is not None
+
+
+def fast_png_supported(data: bytes) -> bool:
+    """True when `decode_png_fast` can read this PNG: kornia-rs installed, 8/16-bit gray, RGB or RGBA,
+    not interlaced (the IHDR fields at bytes 24, 25 and 28)."""
+    return (_kornia_io is not None and len(data) >= 33 and data[24] in (8, 16)
+            and data[25] in _FAST_PNG_MODES and data[28] == 0)
+
+
+def decode_png_fast(data: bytes) -> np.ndarray | None:
+    """Pixels of a PNG whose header was checked (size, end marker): (H, W) or (H, W, 3|4) in RGB order,
+    uint8 or uint16; None when the fast decoder cannot read it, so the caller falls back to OpenCV.
+
+    The buffer is allocated from the header's width x height, which the caller has already held
+    against max_pixels; damaged data (CRC, truncation) raises inside the decoder and returns None.
+    """
+    if not fast_png_supported(data):
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    decode = _kornia_io.decode_image_png_u16 if data[24] == 16 else _kornia_io.decode_image_png_u8
+    try:
+        arr = np.asarray(decode(data, (height, width), _FAST_PNG_MODES[data[25]]))
+    except Exception:  # kornia raises plain Exception/ValueError for damaged data
+        return None
+    if arr.shape[:2] != (height, width):
+        return None
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
 def _decode_raster(data: bytes, fmt: str, name: str | None, max_pixels: int | None) -> np.ndarray:
     width, height = _png_size(data, name) if fmt == "png" else _jpeg_size(data, name)
     _check_pixels(width, height, max_pixels, name)
@@ -222,6 +262,9 @@ def _decode_raster(data: bytes, fmt: str, name: str | None, max_pixels: int | No
     if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageError("the JPEG file is truncated (no end marker).", file=name,
                          fix="re-download or re-export the image.")
+    arr = decode_png_fast(data) if fmt == "png" else None
+    if arr is not None:
+        return _to_gray01(arr, bgr=False)
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.size == 0:
         raise ImageError(f"the {fmt.upper()} file is damaged and cannot be decoded.", file=name,

@@ -9,9 +9,11 @@ are in COURSE_LABEL_ORDER and `LoadedModel.predict` always returns the canonical
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,17 @@ INFO_FORMAT = 1
 _INFO_ENTRY = "cxrcore_info.json"  # inside .keras zips
 _INFO_ATTR = "cxrcore_info"        # root attribute of .h5 files
 _UNSAFE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+#: Keras' ImageNet DenseNet121 backbone (include_top=False): what build_model(weights="imagenet") loads,
+#: downloaded once (about 30 MB) into the Keras cache, ~/.keras/models.
+IMAGENET_WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/densenet/{IMAGENET_WEIGHTS_FILE}"
+IMAGENET_WEIGHTS_MD5 = "30ee3e1110167f948a6b9946edeeb738"  # keras.applications.densenet's file_hash
+#: The course's ImageNet-pretrained DenseNet121 backbone (Keras 2), relative to the models root.
+COURSE_BACKBONE = Path("nih") / "densenet.hdf5"
+#: Set to 1 to never try the network (classrooms behind a firewall; the test suite).
+OFFLINE_ENV = "CXR_OFFLINE"
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # url -> (checked at, reachable), see imagenet_weights_reachable
+_MD5S: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> MD5 hex digest, hashed once
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +160,100 @@ def read_model_info(model_path: str | os.PathLike) -> ModelInfo | None:
     except (OSError, zipfile.BadZipFile, KeyError):
         return None
     return None if text is None else ModelInfo.from_json(text, file=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Where the ImageNet weights come from (no TensorFlow, no Keras import)
+# --------------------------------------------------------------------------------------------
+
+def keras_cache_dirs() -> list[Path]:
+    """Folders where Keras' get_file keeps downloaded weights: $KERAS_HOME/models (else ~/.keras/models,
+    or /tmp/.keras/models when the home folder is read-only, as Keras decides)."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    dirs = [Path(home) / "models", Path("/tmp/.keras/models")]
+    return list(dict.fromkeys(dirs))
+
+
+def cached_imagenet_weights() -> Path | None:
+    """The ImageNet DenseNet121 weights file in the Keras cache when it is complete (its MD5 is checked,
+    as Keras does before using it), else None."""
+    for folder in keras_cache_dirs():
+        path = folder / IMAGENET_WEIGHTS_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _MD5S:
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            _MD5S[key] = digest.hexdigest()
+        if _MD5S[key] == IMAGENET_WEIGHTS_MD5:
+            return path
+    return None
+
+
+def imagenet_weights_reachable(timeout_s: float = 3.0) -> bool:
+    """True when the ImageNet weights URL answers a HEAD request within timeout_s.
+
+    Never tried when CXR_OFFLINE=1. The answer is kept for a minute when negative (a user who just
+    connected retries soon) and ten minutes when positive, so page reruns do not wait on the network.
+    """
+    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+        return False
+    checked = _REACHABLE.get(IMAGENET_WEIGHTS_URL)
+    if checked is not None and time.monotonic() - checked[0] < (600.0 if checked[1] else 60.0):
+        return checked[1]
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(IMAGENET_WEIGHTS_URL, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - fixed https URL
+            ok = 200 <= response.status < 400
+    except Exception:  # DNS failure, refused, timeout, proxy, HTTP error: not reachable now
+        ok = False
+    _REACHABLE[IMAGENET_WEIGHTS_URL] = (time.monotonic(), ok)
+    return ok
+
+
+def course_backbone(models_root: str | os.PathLike) -> Path | None:
+    """models_root/nih/densenet.hdf5 (the course's ImageNet-pretrained backbone) when it is an HDF5 file."""
+    path = Path(models_root) / COURSE_BACKBONE
+    return path.resolve() if path.is_file() and _is_hdf5(path) else None
+
+
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """Where ImageNet DenseNet121 weights come from: "cache" (Keras cache), "course file" (its path),
+    "download" (reachable now) or "unavailable"; `note` says it in one sentence."""
+
+    source: str
+    path: Path | None
+    note: str
+
+
+def find_imagenet_weights(models_root: str | os.PathLike, *, network: bool = True) -> ImagenetWeights:
+    """The first usable source of ImageNet weights: the Keras cache, the course's backbone file in the
+    models root (the same ImageNet weights, no download), then a download when the URL answers."""
+    cached = cached_imagenet_weights()
+    if cached is not None:
+        return ImagenetWeights("cache", cached, f"ImageNet weights from the Keras cache ({cached}).")
+    course = course_backbone(models_root)
+    if course is not None:
+        return ImagenetWeights("course file", course, f"ImageNet weights from the course's DenseNet121 backbone "
+                                                      f"{course} (not in the Keras cache, so no download).")
+    if network and imagenet_weights_reachable():
+        return ImagenetWeights("download", None, "ImageNet weights are downloaded (about 30 MB) when training "
+                                                 "starts and kept in the Keras cache.")
+    return ImagenetWeights("unavailable", None,
+                           f"the ImageNet weights of DenseNet121 are not on this computer (not in "
+                           f"{keras_cache_dirs()[0]}, no {Path(models_root) / COURSE_BACKBONE}) and cannot be "
+                           "downloaded now (no internet connection).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +728,7 @@ def save_model(model: "keras.Model", info: ModelInfo, path: str | os.PathLike) -
     return p
 
 
-__all__ = ["BACKBONES", "LoadedModel", "ModelInfo", "build_model", "cam_layers", "course_model_info",
-           "load_model", "load_weights_topological", "logits_model", "read_model_info", "reorder_outputs",
-           "save_model", "sidecar_path"]
+__all__ = ["BACKBONES", "COURSE_BACKBONE", "ImagenetWeights", "LoadedModel", "ModelInfo", "build_model",
+           "cached_imagenet_weights", "cam_layers", "course_backbone", "course_model_info", "find_imagenet_weights",
+           "imagenet_weights_reachable", "keras_cache_dirs", "load_model", "load_weights_topological",
+           "logits_model", "read_model_info", "reorder_outputs", "save_model", "sidecar_path"]

@@ -1,9 +1,10 @@
 """tf.data input pipeline: split table -> batches of (N, N, 3) float32 images and 14 labels.
 
-Decoding runs in parallel inside tf.data (tf.io.decode_png / decode_jpeg for PNG and JPEG, with the
-header's size checked first; `cxrcore.images` through tf.numpy_function for DICOM and anything
-unusual). Decoded, resized images are cached in memory and/or on disk (keyed by path, size, mtime
-and target size), so epochs after the first skip decoding. `Normalization` and `Augmentation` are
+Decoding runs in parallel inside tf.data (tf.io.decode_png / decode_jpeg for PNG and JPEG, and the
+faster kornia-rs PNG decoder for a share of the files, see `fast_png_share`; the header's size is
+checked first; `cxrcore.images` through tf.numpy_function for DICOM and anything unusual).
+Decoded, resized images are cached in memory and/or on disk (keyed by path, size, mtime and target
+size), so epochs after the first skip decoding. `Normalization` and `Augmentation` are
 small serializable dataclasses stored with every model, so predictions preprocess like training.
 
 TensorFlow is imported lazily: `Normalization`, `Augmentation`, `prepare_images` and the file
@@ -36,6 +37,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EPSILON = 1e-6
 #: Bump when the cached pixel format or the decode/resize rule changes: old cache files are ignored.
 CACHE_VERSION = 1
+#: PNG decoders inside tf.data: "fast" (kornia-rs through tf.numpy_function) for every PNG it reads,
+#: "tf" (tf.io.decode_png) for all, or "auto": the fast decoder for 1 file in N on N usable cores.
+#: The fast decoder needs 2.3x less CPU per NIH image (3.7 vs 8.7 ms) but holds the GIL, so one
+#: process decodes at most ~200 images/s with it, while tf.io.decode_png runs on every core outside
+#: the GIL. Sharing the files between both uses all cores (docs/benchmarks.md).
+PNG_DECODERS = ("auto", "fast", "tf")
 _GLOB_CHARS = re.compile(r"[*?\[\]\\]")
 
 
@@ -377,12 +384,55 @@ def _py_decode(path: bytes, size: np.ndarray, max_pixels: np.ndarray) -> np.ndar
     return _images.resize(img, n)[..., None].astype(np.float32)
 
 
-def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None) -> "tf.Tensor":
+def fast_png_share(png_decoder: str = "auto") -> float:
+    """Share of the files tf.data decodes with the fast decoder (kornia-rs): 1 / usable cores for "auto"."""
+    if png_decoder not in PNG_DECODERS:
+        raise ConfigError(f"unknown PNG decoder {png_decoder!r}.", fix=f"use one of {', '.join(PNG_DECODERS)}.")
+    if png_decoder == "tf" or not _images.fast_png_available():
+        return 0.0
+    if png_decoder == "fast":
+        return 1.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1.0 / max(1, cores)
+
+
+def _spread(n: int, share: float) -> np.ndarray:
+    """n booleans, `share` of them True and evenly spread (1 in 2, 1 in 4...), for the fast decoder."""
+    index = np.arange(n)
+    return np.floor((index + 1) * share) > np.floor(index * share)
+
+
+def _py_png_pixels(contents: bytes, path: bytes, channels: np.ndarray) -> np.ndarray:
+    """Raw PNG pixels (H, W, channels) in RGB order, as tf.io.decode_png gives them, via the fast decoder.
+
+    Called through tf.numpy_function only for files whose header passed the size and end-marker
+    checks; data the fast decoder rejects goes to OpenCV, and an undecodable file is an ImageError.
+    """
+    arr = _images.decode_png_fast(contents)
+    if arr is None:
+        import cv2
+
+        arr = cv2.imdecode(np.frombuffer(contents, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None or arr.size == 0:
+            raise _images.ImageError("the PNG file is damaged and cannot be decoded.",
+                                     file=path.decode("utf-8", "surrogateescape"),
+                                     fix="re-download or re-export the image.")
+        if arr.ndim == 3:
+            arr = arr[..., 2::-1]  # BGR(A) -> RGB
+    if int(channels) == 1:
+        return np.ascontiguousarray(arr if arr.ndim == 2 else arr[..., 0])[..., None]
+    return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=-1) if arr.ndim == 2 else arr[..., :3])
+
+
+def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None,
+               fast_png: "tf.Tensor | None" = None) -> "tf.Tensor":
     """Read and decode one file to float32 (size, size, 1) in [0, 1].
 
     One branch per kind of file, chosen from the header: PNG gray/colour x 8/16-bit and JPEG with
     TF ops (after checking the header's size against max_pixels and the end marker, so truncated
     files and bombs never reach them), everything else through `_py_decode` (cxrcore.images).
+    fast_png: a boolean tensor; when true, 8/16-bit gray, RGB and RGBA PNGs (not interlaced) are decoded
+    by `_py_png_pixels` instead of tf.io.decode_png: the same pixels for 2.3x less CPU, under the GIL.
     """
     import tensorflow as tf
 
@@ -395,14 +445,20 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None) -> "tf.Tens
     # IEND chunk (length, "IEND", CRC) closes a complete PNG; anything else takes the careful path
     png_end = tf.equal(tf.strings.substr(contents, tf.maximum(length - 8, 0), 4), b"IEND")
     wh = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.int32, little_endian=False), tf.int64)
-    depth_type = tf.io.decode_raw(tf.strings.substr(head, 24, 2), tf.uint8)
+    depth_type = tf.io.decode_raw(tf.strings.substr(head, 24, 5), tf.uint8)  # depth, colour, -, -, interlace
     bit_depth, color_type = depth_type[0], depth_type[1]
     png_ok = is_png & png_end & (wh[0] > 0) & (wh[1] > 0) & (wh[0] * wh[1] <= limit) & (bit_depth <= 16)
     gray = tf.equal(color_type, 0) | tf.equal(color_type, 4)  # gray, gray + alpha
     shrink = (size <= wh[0]) & (size <= wh[1])
     # one dynamic branch per file (each tf.cond/switch costs ~0.4 ms on a 1024x1024 decode of ~11 ms)
     png_branch = tf.where(tf.equal(bit_depth, 16), 1, 0) + tf.where(gray, 0, 2) + tf.where(shrink, 0, 4)
-    branch = tf.where(png_ok, png_branch, tf.where(is_jpeg, 8, 9))
+    n_png = 8
+    if fast_png is not None:  # the fast decoder's formats (as cxrcore.images.fast_png_supported): branches 8-15
+        fast = fast_png & ((tf.equal(bit_depth, 8) | tf.equal(bit_depth, 16)) & tf.equal(depth_type[4], 0)
+                & (tf.equal(color_type, 0) | tf.equal(color_type, 2) | tf.equal(color_type, 6)))
+        png_branch += tf.where(fast, 8, 0)
+        n_png = 16
+    branch = tf.where(png_ok, png_branch, tf.where(is_jpeg, n_png, n_png + 1))
     weights = tf.constant(_images.GRAY_WEIGHTS, tf.float32)
 
     def resize(img: "tf.Tensor", shrinking: bool) -> "tf.Tensor":
@@ -410,9 +466,16 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None) -> "tf.Tens
         # equals convert -> resize without full-size float copies. Area when shrinking.
         return tf.image.resize(img, (size, size), method="area" if shrinking else "bilinear")
 
-    def png(channels: int, dtype, shrinking: bool):
+    def png(channels: int, dtype, shrinking: bool, fast: bool = False):
+        def decode() -> "tf.Tensor":
+            if not fast:
+                return tf.io.decode_png(contents, channels=channels, dtype=dtype)
+            pixels = tf.numpy_function(_py_png_pixels, [contents, path, channels], dtype, stateful=False)
+            pixels.set_shape((None, None, channels))
+            return pixels
+
         def branch_fn() -> "tf.Tensor":
-            img = resize(tf.io.decode_png(contents, channels=channels, dtype=dtype), shrinking) / float(dtype.max)
+            img = resize(decode(), shrinking) / float(dtype.max)
             if channels == 3:  # alpha dropped by the decoder; BT.601 luma as cxrcore.images
                 img = tf.clip_by_value(tf.tensordot(img, weights, axes=1), 0.0, 1.0)[..., None]
             return img
@@ -441,7 +504,8 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None) -> "tf.Tens
         ok = tf.cond(has_end, fits, lambda: tf.constant(False))
         return tf.cond(ok, decode, slow)
 
-    branches = [png(c, d, s) for s in (True, False) for c in (1, 3) for d in (tf.uint8, tf.uint16)]
+    branches = [png(c, d, s, f) for f in ((False, True) if fast_png is not None else (False,))
+                for s in (True, False) for c in (1, 3) for d in (tf.uint8, tf.uint16)]
     img = tf.switch_case(branch, branches + [jpeg, slow])
     img.set_shape((size, size, 1))
     return img
@@ -453,18 +517,21 @@ def _quantize(img: "tf.Tensor") -> "tf.Tensor":
     return tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 65535.0), tf.uint16)
 
 
-def _load_fn(size: int, max_pixels: int | None, use_disk: bool):
-    """Map function: (path, cache_path) -> uint16 (size, size, 1), through the disk cache if any."""
+def _load_fn(size: int, max_pixels: int | None, use_disk: bool, fast_png: bool = False):
+    """Map function: (path, cache_path, fast) -> uint16 (size, size, 1), through the disk cache if any.
+
+    fast_png: whether the graph has the fast decoder's branches; `fast` then picks them per file.
+    """
     import tensorflow as tf
 
     expected = len(tf.io.serialize_tensor(tf.zeros((size, size, 1), tf.uint16)).numpy()) if use_disk else 0
 
-    def decode(path: "tf.Tensor") -> "tf.Tensor":
-        return _quantize(_decode_tf(path, size, max_pixels))
+    def decode(path: "tf.Tensor", fast: "tf.Tensor") -> "tf.Tensor":
+        return _quantize(_decode_tf(path, size, max_pixels, fast if fast_png else None))
 
-    def load(path: "tf.Tensor", cache_path: "tf.Tensor") -> "tf.Tensor":
+    def load(path: "tf.Tensor", cache_path: "tf.Tensor", fast: "tf.Tensor") -> "tf.Tensor":
         if not use_disk:
-            return decode(path)
+            return decode(path, fast)
 
         def from_cache() -> "tf.Tensor":
             data = tf.io.read_file(cache_path)
@@ -477,7 +544,7 @@ def _load_fn(size: int, max_pixels: int | None, use_disk: bool):
             return tf.cond(tf.equal(tf.strings.length(data), expected), parse, rebuild)
 
         def build() -> "tf.Tensor":
-            q = decode(path)
+            q = decode(path, fast)
             with tf.control_dependencies([tf.io.write_file(cache_path, tf.io.serialize_tensor(q))]):
                 return tf.identity(q)
 
@@ -526,10 +593,11 @@ def image_dataset(paths: Sequence[str], *, targets: np.ndarray | None = None, in
                   augmentation: Augmentation | None = None, shuffle: bool = False, seed: int = 0,
                   memory_cache: bool = True, cache_dir: str | os.PathLike | None = None,
                   max_pixels: int | None = _images.DEFAULT_MAX_PIXELS, drop_remainder: bool = False,
-                  shuffle_buffer: int | None = None) -> "tf.data.Dataset":
+                  shuffle_buffer: int | None = None, png_decoder: str = "auto") -> "tf.data.Dataset":
     """Batches of images (B, N, N, 3) float32 (and targets when given) from existing image files.
 
     normalization=None yields raw [0, 1] pixels (for display, CAM overlays, fitting statistics).
+    png_decoder: "auto", "fast" or "tf" (see `fast_png_share`); all give the same pixels.
     With memory_cache and shuffle, the first batch waits until the whole list is decoded (one full
     shuffle per epoch over cached images); without memory cache the paths are shuffled instead.
     """
@@ -548,7 +616,9 @@ def image_dataset(paths: Sequence[str], *, targets: np.ndarray | None = None, in
     paths = [os.fspath(p) for p in paths]
     cache = ImageCache(cache_dir) if cache_dir is not None else None
     cache_paths = cache.paths_for(paths, size) if cache else [""] * n
-    slices: tuple = (tf.constant(paths, tf.string), tf.constant(cache_paths, tf.string))
+    share = fast_png_share(png_decoder)
+    slices: tuple = (tf.constant(paths, tf.string), tf.constant(cache_paths, tf.string),
+                     tf.constant(_spread(n, share)))
     if targets is not None:
         targets = np.asarray(targets, dtype=np.float32)
         if len(targets) != n:
@@ -558,11 +628,11 @@ def image_dataset(paths: Sequence[str], *, targets: np.ndarray | None = None, in
     buffer = min(n, shuffle_buffer or n)
     if shuffle and not memory_cache:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    load = _load_fn(size, max_pixels, cache is not None)
+    load = _load_fn(size, max_pixels, cache is not None, share > 0)
     if targets is None:
-        ds = ds.map(lambda p, c: load(p, c), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda p, c, f: load(p, c, f), num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = ds.map(lambda p, c, y: (load(p, c), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda p, c, f, y: (load(p, c, f), y), num_parallel_calls=tf.data.AUTOTUNE)
     if memory_cache:
         ds = ds.cache()
         if shuffle:
@@ -595,7 +665,8 @@ def make_dataset(frame: "pd.DataFrame", image_root: str | os.PathLike, *, labels
                  augmentation: Augmentation | None = None, shuffle: bool = False, seed: int = 0,
                  memory_cache: bool = True, cache_dir: str | os.PathLike | None = None,
                  max_pixels: int | None = _images.DEFAULT_MAX_PIXELS, check_headers: bool = False,
-                 drop_remainder: bool = False, shuffle_buffer: int | None = None) -> "tf.data.Dataset":
+                 drop_remainder: bool = False, shuffle_buffer: int | None = None,
+                 png_decoder: str = "auto") -> "tf.data.Dataset":
     """tf.data.Dataset of (images (B, N, N, 3) float32, targets (B, len(labels)) float32) from a split.
 
     Missing files raise DatasetError before anything is decoded; check_headers=True also reads every
@@ -609,7 +680,7 @@ def make_dataset(frame: "pd.DataFrame", image_root: str | os.PathLike, *, labels
     return image_dataset(paths, targets=targets, input_size=input_size, batch_size=batch_size,
                          normalization=normalization, augmentation=augmentation, shuffle=shuffle, seed=seed,
                          memory_cache=memory_cache, cache_dir=cache_dir, max_pixels=max_pixels,
-                         drop_remainder=drop_remainder, shuffle_buffer=shuffle_buffer)
+                         drop_remainder=drop_remainder, shuffle_buffer=shuffle_buffer, png_decoder=png_decoder)
 
 
 def estimate_normalization(frame: "pd.DataFrame", image_root: str | os.PathLike, *, input_size: int = 320,
@@ -676,6 +747,6 @@ def prepare_images(imgs: Sequence[np.ndarray] | np.ndarray, input_size: int,
     return np.repeat(normalization.apply(out), 3, axis=-1)
 
 
-__all__ = ["Augmentation", "ImageCache", "Normalization", "NORMALIZATION_MODES", "check_image_headers",
-           "estimate_normalization", "image_dataset", "label_matrix", "make_dataset", "prepare_images",
-           "resolve_image_paths"]
+__all__ = ["Augmentation", "ImageCache", "Normalization", "NORMALIZATION_MODES", "PNG_DECODERS",
+           "check_image_headers", "estimate_normalization", "fast_png_share", "image_dataset", "label_matrix",
+           "make_dataset", "prepare_images", "resolve_image_paths"]

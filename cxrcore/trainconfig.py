@@ -35,6 +35,8 @@ CACHE_MODES = ("auto", "memory", "disk", "none")
 MIXED_PRECISION = ("auto", "on", "off")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 AUTO_PRESET, CUSTOM = "auto", "custom"
+#: Environment variable naming the models root, as the app uses it (default: <base_dir>/models).
+MODELS_ROOT_ENV = "CXR_MODELS_ROOT"
 
 #: Presets: values applied before the user's own settings. "auto" picks gpu-full when a GPU is
 #: visible, cpu-classroom otherwise.
@@ -60,14 +62,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_train_images": None, "max_valid_images": None, "predict_test": True,
     },
 }
+#: Where "imagenet" weights come from, said with the presets that use them.
+IMAGENET_NOTE = ("ImageNet weights come from the Keras cache (~/.keras/models), else from the course's "
+                 "models/nih/densenet.hdf5, else they are downloaded once (about 30 MB); offline without "
+                 "either, the settings are refused before anything starts.")
 PRESET_NOTES = {
     "demo": "small CNN at 128 px, trained from scratch for a few epochs: a couple of minutes on a laptop CPU; "
             "a teaching model, not a diagnostic one.",
     "cpu-classroom": "DenseNet121 at 160 px with ImageNet weights, only the classification head trained, "
-                     "on a 1,000-image subset: minutes per epoch on a CPU.",
+                     "on a 1,000-image subset: minutes per epoch on a CPU. " + IMAGENET_NOTE,
     "gpu-full": "the course recipe: DenseNet121 at 320 px from ImageNet weights, every layer trained, "
-                "mixed precision on GPUs. Hours on a GPU; not practical on a CPU.",
+                "mixed precision on GPUs. Hours on a GPU; not practical on a CPU. " + IMAGENET_NOTE,
 }
+
 #: Settings that `train --resume` may change (the architecture and data must stay as checkpointed).
 RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "reduce_lr_patience")
 
@@ -283,11 +290,15 @@ def preset_values(name: str) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None,
-                     hardware: Hardware | None = None) -> TrainConfig:
+                     hardware: Hardware | None = None, models_root: str | os.PathLike | None = None) -> TrainConfig:
     """Validate settings (preset first, then the given keys) into a TrainConfig with absolute paths.
 
     Every problem is a ConfigError naming the key and the fix; unknown keys get a close-match
     suggestion. `preset = "auto"` becomes gpu-full or cpu-classroom depending on `hardware`.
+    initial_weights = "imagenet" is checked last (see `resolve_imagenet_weights`): it stays "imagenet"
+    when Keras has the weights or can download them, becomes the course's backbone file from
+    `models_root` (default: $CXR_MODELS_ROOT, else <base_dir>/models) when it cannot, and is refused
+    with the ways out when neither works, so a job never fails late on a download.
     """
     if not isinstance(data, Mapping):
         raise ConfigError("the training config must be a table of settings (key = value).", file=source,
@@ -313,7 +324,27 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base
     if isinstance(data.get("augmentation"), Mapping) and isinstance(preset_aug, Mapping):
         merged["augmentation"] = {**preset_aug, **data["augmentation"]}  # a partial table refines the preset's
     merged["preset"] = preset
-    return _validate(merged, base, source)
+    config = _validate(merged, base, source)
+    if config.initial_weights != "imagenet":
+        return config
+    root = Path(models_root or os.environ.get(MODELS_ROOT_ENV) or base / "models")
+    return TrainConfig(**{**asdict(config), "initial_weights": resolve_imagenet_weights(root, source)})
+
+
+def resolve_imagenet_weights(models_root: str | os.PathLike, source: str | None = None) -> str:
+    """"imagenet" when Keras has the weights cached or can download them now, else the course's backbone
+    file under models_root (the same ImageNet weights); ConfigError naming every way out otherwise."""
+    from cxrcore.model import COURSE_BACKBONE, find_imagenet_weights
+
+    found = find_imagenet_weights(models_root)
+    if found.source in ("cache", "download"):
+        return "imagenet"
+    if found.source == "course file":
+        return str(found.path)
+    raise _err("initial_weights", found.note,
+               "connect to the internet once and start again (Keras keeps the weights in ~/.keras/models); or "
+               f"copy the course's densenet.hdf5 to {Path(models_root) / COURSE_BACKBONE}; or set "
+               'initial_weights = "none" (train from scratch); or use the demo preset.', source)
 
 
 def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
@@ -524,12 +555,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None, *,
-                base_dir: str | os.PathLike | None = None, hardware: Hardware | None = None) -> TrainConfig:
+                base_dir: str | os.PathLike | None = None, hardware: Hardware | None = None,
+                models_root: str | os.PathLike | None = None) -> TrainConfig:
     """Read a TOML/JSON config (optional) and apply overrides (e.g. from --set), validated."""
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
     data.update(overrides or {})
     return config_from_dict(data, source=str(path) if path is not None else "settings", base_dir=base_dir,
-                            hardware=hardware)
+                            hardware=hardware, models_root=models_root)
 
 
 def with_changes(config: TrainConfig, **changes: Any) -> TrainConfig:
@@ -538,6 +570,7 @@ def with_changes(config: TrainConfig, **changes: Any) -> TrainConfig:
     return config_from_dict(data)
 
 
-__all__ = ["AUTO_PRESET", "BACKBONES", "CUSTOM", "FIELD_NAMES", "Hardware", "PRESETS", "PRESET_NOTES",
-           "RESUMABLE_KEYS", "TrainConfig", "auto_preset", "config_from_dict", "detect_hardware", "load_config",
-           "parse_override", "preset_changes", "preset_values", "read_config_file", "resolve_path", "with_changes"]
+__all__ = ["AUTO_PRESET", "BACKBONES", "CUSTOM", "FIELD_NAMES", "Hardware", "IMAGENET_NOTE", "PRESETS",
+           "PRESET_NOTES", "RESUMABLE_KEYS", "TrainConfig", "auto_preset", "config_from_dict", "detect_hardware",
+           "load_config", "parse_override", "preset_changes", "preset_values", "read_config_file",
+           "resolve_imagenet_weights", "resolve_path", "with_changes"]

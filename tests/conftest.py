@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+os.environ.setdefault("CXR_OFFLINE", "1")  # never try the network (cxrcore.model.imagenet_weights_reachable)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

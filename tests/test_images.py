@@ -144,6 +144,65 @@ def test_decompression_bomb_refused_from_header_before_decoding():
     assert images.read_image(data, max_pixels=None).shape == (3000, 2000)
 
 
+# ---------------------------------------------------------------- fast PNG decoder (kornia-rs)
+
+def _png_variants() -> dict[str, bytes]:
+    """One PNG of every colour type and bit depth X-ray sets use, plus the ones sent to OpenCV."""
+    rng = np.random.default_rng(3)
+    g8 = rng.integers(0, 256, (23, 31), dtype=np.uint8)
+    g16 = rng.integers(0, 65536, (23, 31), dtype=np.uint16)
+    out = {"L8": _png(g8), "L16": _png(g16)}
+    for ch, name in ((3, "RGB"), (4, "RGBA")):
+        out[f"{name}8"] = _png(rng.integers(0, 256, (23, 31, ch), dtype=np.uint8))
+        out[f"{name}16"] = _png(rng.integers(0, 65536, (23, 31, ch), dtype=np.uint16))
+    for mode, arr in (("LA", np.stack([g8, g8], 2)), ("P", np.stack([g8, g8 // 2, 255 - g8], 2)), ("1", g8 > 128)):
+        buf = io.BytesIO()
+        img = Image.fromarray(arr if mode != "P" else arr.astype(np.uint8))
+        (img.convert(mode) if mode != "1" else img).save(buf, "PNG")
+        out[mode] = buf.getvalue()
+    return out
+
+
+@pytest.mark.skipif(not images.fast_png_available(), reason="kornia-rs not installed")
+def test_fast_png_decoder_gives_opencvs_pixels_and_leaves_rare_types_to_it(monkeypatch):
+    for name, data in _png_variants().items():
+        reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        fast = images.decode_png_fast(data)
+        if name in ("LA", "P", "1"):  # gray+alpha, palette, 1-bit: OpenCV decodes them
+            assert fast is None and not images.fast_png_supported(data), name
+            continue
+        assert fast is not None and fast.dtype == reference.dtype, name
+        rgb_order = reference if reference.ndim == 2 else reference[..., [2, 1, 0, 3][: reference.shape[2]]]
+        np.testing.assert_array_equal(fast, rgb_order, err_msg=name)  # OpenCV gives BGR(A)
+        with_fast = images.read_image(data)
+        monkeypatch.setattr(images, "_kornia_io", None)  # the OpenCV fallback: same float image
+        np.testing.assert_array_equal(images.read_image(data), with_fast, err_msg=name)
+        monkeypatch.undo()
+
+
+@pytest.mark.skipif(not images.fast_png_available(), reason="kornia-rs not installed")
+def test_fast_png_decoder_never_sees_bombs_and_damaged_data_falls_back(monkeypatch):
+    calls = []
+    real = images._kornia_io
+
+    class Spy:
+        def decode_image_png_u8(self, data, shape, mode):
+            calls.append(shape)
+            return real.decode_image_png_u8(data, shape, mode)
+
+    monkeypatch.setattr(images, "_kornia_io", Spy())
+    small = bytearray(_png(np.zeros((4, 4), np.uint8)))
+    small[16:24] = (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big")
+    with pytest.raises(ImageError, match="decompression bomb"):
+        images.read_image(bytes(small))
+    assert calls == []  # refused from the header: the decoder never allocated 10 gigapixels
+    good = _png(_ramp())
+    damaged = good[:60] + bytes(40) + good[100:]  # end marker intact, IDAT garbled
+    with pytest.raises(ImageError, match="damaged"):
+        images.read_image(damaged)
+    assert calls == [(24, 32)]  # tried, refused the data, OpenCV refused it too
+
+
 # ---------------------------------------------------------------- DICOM
 
 def _stored() -> np.ndarray:

@@ -119,6 +119,22 @@ def test_backbone_weights_file_fills_the_backbone(legacy_files):
         M.load_model(legacy_files["files"]["backbone"], info=M.course_model_info(input_size=SIZE))
 
 
+def test_course_backbone_in_the_models_root_is_found_offline(legacy_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+    assert M.keras_cache_dirs()[0] == tmp_path / "keras" / "models"
+    monkeypatch.setattr(M, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
+    root = tmp_path / "models"
+    assert M.find_imagenet_weights(root).source == "unavailable"
+    (root / "nih").mkdir(parents=True)
+    (root / "nih" / "densenet.hdf5").write_text("not HDF5")  # a stray text file is not the backbone
+    assert M.course_backbone(root) is None
+    (root / "nih" / "densenet.hdf5").write_bytes(legacy_files["files"]["backbone"].read_bytes())
+    found = M.find_imagenet_weights(root)
+    assert found.source == "course file" and found.path == (root / "nih" / "densenet.hdf5").resolve()
+    assert "no download" in found.note  # build_model(weights=found.path) loads it: see the test above
+
+
 def test_weights_of_another_architecture_are_refused(legacy_files, tmp_path):
     small = M.build_model(input_size=32, backbone="small_cnn")
     with pytest.raises(ModelError, match="different architecture"):

@@ -67,8 +67,11 @@ def test_batches_have_model_shapes_and_label_order(tmp_path):
     np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1, atol=1e-3)
 
 
-def test_tf_decoding_matches_numpy_prepare_for_every_format(tmp_path):
-    """The training pipeline (tf ops) and the UI path (cv2 + numpy) must give the same pixels."""
+@pytest.mark.parametrize("png_decoder", ["tf", "fast", "auto"])
+def test_tf_decoding_matches_numpy_prepare_for_every_format(tmp_path, png_decoder):
+    """The training pipeline (tf ops, with either PNG decoder) and the UI path (numpy) give the same pixels."""
+    if png_decoder == "fast" and not images.fast_png_available():
+        pytest.skip("kornia-rs not installed")
     rng = np.random.default_rng(1)
     base = cv2.GaussianBlur(rng.integers(0, 255, (50, 60), dtype=np.uint8), (3, 3), 0)
     files = {}
@@ -84,7 +87,8 @@ def test_tf_decoding_matches_numpy_prepare_for_every_format(tmp_path):
     (tmp_path / "scan.dcm").write_bytes(_dicom(base.astype(np.uint16) * 16, PhotometricInterpretation="MONOCHROME1"))
     for name in ["l8.png", "l16.png", "rgb.png", "rgba.png", "la.png", "q.jpg", "tiny.png", "scan.dcm"]:
         files[name] = str(tmp_path / name)
-    ds = pipeline.image_dataset(list(files.values()), input_size=SIZE, batch_size=16, normalization=None)
+    ds = pipeline.image_dataset(list(files.values()), input_size=SIZE, batch_size=16, normalization=None,
+                                png_decoder=png_decoder)
     got = next(iter(ds)).numpy()
     want = pipeline.prepare_images([images.read_image(p) for p in files.values()], SIZE, None)
     for i, name in enumerate(files):
@@ -161,6 +165,30 @@ def test_broken_files_named_in_errors(tmp_path):
     # without the header check, the truncated file goes to the careful decoder, which names it
     ds = pipeline.make_dataset(frame, tmp_path, input_size=SIZE, memory_cache=False)
     with pytest.raises(tf.errors.OpError, match="img_001.png.*truncated"):
+        list(ds)
+
+
+def test_png_decoder_share_follows_the_cores(monkeypatch):
+    monkeypatch.setattr(images, "fast_png_available", lambda: True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert [pipeline.fast_png_share(choice) for choice in ("auto", "fast", "tf")] == [0.5, 1, 0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert pipeline.fast_png_share("auto") == 0.125  # the fast decoder holds the GIL: tf.io.decode_png scales
+    assert pipeline._spread(8, 0.25).tolist() == [False, False, False, True] * 2
+    assert pipeline._spread(5, 1.0).all() and not pipeline._spread(5, 0.0).any()
+    monkeypatch.setattr(images, "fast_png_available", lambda: False)  # package missing: tf.io.decode_png only
+    assert pipeline.fast_png_share("fast") == 0
+    with pytest.raises(ConfigError, match="unknown PNG decoder"):
+        pipeline.fast_png_share("libpng")
+
+
+@pytest.mark.skipif(not images.fast_png_available(), reason="kornia-rs not installed")
+def test_damaged_png_with_end_marker_is_named_by_the_fast_decoder(tmp_path):
+    names = _write_pngs(tmp_path, 2)
+    data = (tmp_path / names[1]).read_bytes()
+    (tmp_path / names[1]).write_bytes(data[:60] + bytes(40) + data[100:])  # IEND intact, pixels garbled
+    ds = pipeline.make_dataset(_frame(names), tmp_path, input_size=SIZE, memory_cache=False, png_decoder="fast")
+    with pytest.raises(tf.errors.OpError, match="img_001.png.*damaged"):
         list(ds)
 
 

@@ -7,6 +7,7 @@ The two distribution tests start TensorFlow in subprocesses (2 logical CPUs; 2 w
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -20,8 +21,8 @@ import pytest
 
 from cxrcore.errors import ConfigError
 from cxrcore.labels import LABELS
-from cxrcore.trainconfig import (PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict, load_config,
-                                 preset_changes, with_changes)
+from cxrcore.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
+                                 load_config, preset_changes, with_changes)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +142,26 @@ def test_toml_and_json_files_resolve_relative_paths_and_name_syntax_errors(tmp_p
         load_config(tmp_path / "x.yaml")
 
 
-def test_presets_apply_first_and_settings_override_them(shapes):
+@pytest.fixture
+def no_weights_here(monkeypatch, tmp_path) -> Path:
+    """An empty Keras cache and models root, offline; returns the models root."""
+    from cxrcore import model
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(model, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
+    monkeypatch.setenv("CXR_MODELS_ROOT", str(tmp_path / "models"))
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+    monkeypatch.setattr(model, "_REACHABLE", {})
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def weights_online(no_weights_here, monkeypatch) -> None:
+    """As a machine with internet: the ImageNet weights can be downloaded."""
+    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+
+
+def test_presets_apply_first_and_settings_override_them(shapes, weights_online):
     config = config_from_dict({"preset": "demo", "dataset": str(shapes), "epochs": 7})
     assert (config.backbone, config.input_size, config.epochs) == ("small_cnn", 128, 7)
     assert preset_changes(config) == {"epochs": 7}
@@ -160,9 +180,134 @@ def test_auto_preset_says_why():
     assert preset == "gpu-full" and "1 GPU" in why
 
 
-def test_auto_preset_in_a_config_uses_the_hardware(shapes):
+def test_auto_preset_in_a_config_uses_the_hardware(shapes, weights_online):
     config = config_from_dict({"preset": "auto", "dataset": str(shapes)}, hardware=Hardware((), 2))
     assert config.preset == "cpu-classroom" and config.max_train_images == 1000
+
+
+def _course_backbone_stand_in(models_root: Path) -> Path:
+    """A file where the course's densenet.hdf5 goes (HDF5 signature only: validation reads no weights)."""
+    path = models_root / "nih" / "densenet.hdf5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    return path
+
+
+def test_imagenet_presets_offline_are_refused_with_every_way_out(shapes, no_weights_here):
+    for preset in ("cpu-classroom", "gpu-full", "auto"):
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({"preset": preset, "dataset": str(shapes)}, hardware=Hardware((), 2))
+        text = str(err.value)
+        assert "setting 'initial_weights'" in text and "not on this computer" in text and "no internet" in text
+        for way_out in ("connect to the internet once", str(no_weights_here / "nih" / "densenet.hdf5"),
+                        'initial_weights = "none"', "demo preset"):
+            assert way_out in text, way_out
+    # other mistakes are reported first; the weights are checked last
+    with pytest.raises(ConfigError, match="setting 'epochs'"):
+        config_from_dict({"preset": "cpu-classroom", "dataset": str(shapes), "epochs": 0})
+    # configs that need no ImageNet weights are untouched
+    assert config_from_dict({"preset": "cpu-classroom", "dataset": str(shapes),
+                             "initial_weights": "none"}).initial_weights == "none"
+
+
+def test_course_backbone_in_the_models_root_stands_in_for_imagenet_offline(shapes, no_weights_here, tmp_path):
+    course = _course_backbone_stand_in(no_weights_here)
+    config = config_from_dict({"preset": "cpu-classroom", "dataset": str(shapes)})
+    assert config.initial_weights == str(course.resolve())
+    assert preset_changes(config) == {"initial_weights": str(course.resolve())}  # the job log says so
+    assert "models/nih/densenet.hdf5" in PRESET_NOTES["cpu-classroom"]
+    assert config_from_dict(json.loads(config.to_json())) == config  # what the run folder stores reads back
+    # an explicit models root wins over the environment
+    assert config_from_dict({"preset": "gpu-full", "dataset": str(shapes)},
+                            models_root=no_weights_here).initial_weights == str(course.resolve())
+    with pytest.raises(ConfigError, match="not on this computer"):
+        config_from_dict({"preset": "gpu-full", "dataset": str(shapes)}, models_root=tmp_path / "elsewhere")
+
+
+def test_cached_keras_weights_come_first_and_are_checked(shapes, no_weights_here, tmp_path, monkeypatch):
+    from cxrcore import model
+
+    _course_backbone_stand_in(no_weights_here)
+    cached = tmp_path / "keras" / "models" / model.IMAGENET_WEIGHTS_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert model.cached_imagenet_weights() is None  # wrong checksum: a partial download is not the weights
+    monkeypatch.setattr(model, "IMAGENET_WEIGHTS_MD5", hashlib.md5(b"weights").hexdigest())
+    assert model.cached_imagenet_weights() == cached
+    assert config_from_dict({"preset": "cpu-classroom", "dataset": str(shapes)}).initial_weights == "imagenet"
+
+
+def test_online_without_a_cache_keeps_the_download(shapes, no_weights_here, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from cxrcore import model
+
+    asked = []
+
+    class Answer:
+        status = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def fake_urlopen(request, timeout):
+        asked.append((request.get_method(), request.full_url, timeout))
+        return Answer()
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    assert not model.imagenet_weights_reachable() and asked == []  # CXR_OFFLINE=1: never tried
+    monkeypatch.setenv("CXR_OFFLINE", "0")
+    assert config_from_dict({"preset": "gpu-full", "dataset": str(shapes)}).initial_weights == "imagenet"
+    assert asked == [("HEAD", model.IMAGENET_WEIGHTS_URL, 3.0)]
+    assert model.imagenet_weights_reachable() and len(asked) == 1  # remembered: page reruns do not wait
+
+    def unreachable(request, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(model, "_REACHABLE", {})
+    with pytest.raises(ConfigError, match="cannot be downloaded now"):
+        config_from_dict({"preset": "gpu-full", "dataset": str(shapes)})
+
+
+def test_cli_refuses_an_imagenet_preset_offline_before_creating_a_run(shapes, tmp_path):
+    env = {**_env(), "CXR_OFFLINE": "1", "KERAS_HOME": str(tmp_path / "keras"),
+           "CXR_MODELS_ROOT": str(tmp_path / "models"), "HOME": str(tmp_path)}
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "cxrcore", "train", "--preset", "cpu-classroom", "--dataset", str(shapes),
+               "--runs-root", str(runs)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "setting 'initial_weights'" in lines[0] and "Fix: connect to the internet once" in lines[0]
+    assert not runs.exists()  # refused before any run folder or process
+    course = _course_backbone_stand_in(tmp_path / "models")
+    done = subprocess.run(command + ["--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["initial_weights"] == str(course.resolve())
+
+
+def test_training_page_shows_the_weights_error_before_launch(app_data_root, no_weights_here, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_DATA_ROOT", str(app_data_root))
+    monkeypatch.setenv("CXR_RUNS_ROOT", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=180)
+    at.run()
+    at.switch_page("pages/training.py")
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("setting 'initial_weights'" in e and "not on this computer" in e for e in errors), errors
+    assert at.button(key="train_start").disabled and at.button(key="train_probe_button").disabled
+    _course_backbone_stand_in(no_weights_here)
+    at.run()
+    assert not any("initial_weights" in e.value for e in at.error)
+    assert not at.button(key="train_start").disabled
 
 
 def test_split_names_of_the_dataset_are_accepted(shapes):
