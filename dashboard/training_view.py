@@ -22,15 +22,19 @@ import streamlit as st
 from cxrcore import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
+from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
 from cxrcore.trainconfig import (BACKBONES, CUSTOM, N_BLOCKS, PRESET_NOTES, PRESETS, TrainConfig, auto_preset,
                                  config_from_dict, detect_hardware)
 from dashboard.charts import CLASS_COLORS
 from dashboard.loaders import ActiveDataset
-from dashboard.state import APP_ROOT, runs_root
+from dashboard.models import model_entries
+from dashboard.state import APP_ROOT, models_root, runs_root
 from dashboard.widgets import teaching_note, user_errors
 
 #: Seconds between refreshes of the live run view.
 POLL_S = 2.0
+#: Initial weights files: Keras 2 HDF5 (a backbone such as the course's densenet.hdf5, or a full model).
+WEIGHT_SUFFIXES = (".h5", ".hdf5")
 #: JSON object of settings applied on top of the demo preset (e.g. a classroom admin's, or tests').
 DEMO_OVERRIDES_ENV = "CXR_DEMO_OVERRIDES"
 SELECTED_KEY = "train_selected_run"
@@ -181,8 +185,7 @@ def _settings_widgets(preset: str, entry_splits: list[str], pair: tuple[str, str
     choice = c1.selectbox("Initial weights", weight_options, index=weight_options.index(default_weights),
                           key=k + "weights")
     if choice == "a file":
-        out["initial_weights"] = c2.text_input("Weights file (.h5), relative to the app folder", value="",
-                                               key=k + "weights_file") or "(no file given)"
+        out["initial_weights"] = _weights_file(c2, d["initial_weights"], key=k + "weights_file")
     else:
         out["initial_weights"] = choice
     with st.expander("Augmentation", icon=":material/tune:"):
@@ -412,6 +415,27 @@ def _render_actions(run: jobs.RunSummary) -> None:
                 st.rerun(scope="app")
 
 
+def _weights_file(column: Any, current: str, *, key: str) -> str:
+    """A .h5 weights file picked from those under models/ (a backbone such as the course's densenet.hdf5,
+    or a full model): only files inside the models folder can be chosen, none typed."""
+    files = [str(e.path) for e in model_entries()
+             if e.kind in (KIND_BACKBONE, KIND_MODEL) and e.path.suffix.lower() in WEIGHT_SUFFIXES
+             and e.run_dir is None]
+    if not files:
+        column.info(f"No .h5 weights file under {models_root()}: put one there (for example the course's "
+                    "models/nih/densenet.hdf5).")
+        return "(no file under models/)"
+    root = models_root()
+    index = files.index(current) if current in files else 0
+    return column.selectbox("Weights file (.h5) under models/", files, index=index, key=key,
+                            format_func=lambda f: str(Path(f).relative_to(root)))
+
+
+def _epoch_axis(epochs: pd.Series) -> dict[str, Any]:
+    """Whole-number epoch ticks (at most about ten of them), never 1.2, 1.4, ..."""
+    return dict(title="epoch", tickmode="linear", tick0=1, dtick=max(1, math.ceil(len(epochs) / 10)))
+
+
 def render_curves(metrics: pd.DataFrame, *, key: str) -> None:
     """Loss and validation loss; mean and per-class validation AUROC, by epoch."""
     c1, c2 = st.columns(2)
@@ -420,8 +444,9 @@ def render_curves(metrics: pd.DataFrame, *, key: str) -> None:
         if column in metrics:
             loss.add_scatter(x=metrics["epoch"], y=metrics[column], name=name, mode="lines+markers",
                              line=dict(dash=dash, color="#1f6feb"))
-    loss.update_layout(title="Weighted loss", xaxis_title="epoch", height=340, template="plotly_white",
-                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3, yanchor="top"))
+    loss.update_layout(title="Weighted loss", xaxis=_epoch_axis(metrics["epoch"]), height=340,
+                       template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
+                       legend=dict(orientation="h", y=-0.3, yanchor="top"))
     c1.plotly_chart(loss, width="stretch", key=f"train_loss_{key}")
     per_class = [c for c in metrics.columns if c.startswith("val_auroc_") and c != "val_auroc_mean"]
     labels = [c[len("val_auroc_"):] for c in per_class]
@@ -435,8 +460,8 @@ def render_curves(metrics: pd.DataFrame, *, key: str) -> None:
         auroc.add_scatter(x=metrics["epoch"], y=metrics[f"val_auroc_{label}"], name=label, mode="lines",
                           line=dict(color=CLASS_COLORS.get(label, "#888888")))
     auroc.add_hline(y=0.5, line_dash="dot", line_color="#9a9a9a")
-    auroc.update_layout(title="Validation AUROC", xaxis_title="epoch", yaxis_range=[0, 1], height=340,
-                        template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
+    auroc.update_layout(title="Validation AUROC", xaxis=_epoch_axis(metrics["epoch"]), yaxis_range=[0, 1],
+                        height=340, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10),
                         legend=dict(orientation="h", y=-0.3, yanchor="top"))
     c2.plotly_chart(auroc, width="stretch", key=f"train_auroc_{key}")
     teaching_note("reading the curves",

@@ -105,6 +105,9 @@ def open_page(monkeypatch, data_root: Path, runs: Path, page: str = TRAINING_PAG
     monkeypatch.setenv("CXR_RUNS_ROOT", str(runs))
     monkeypatch.setenv("CXR_MODELS_ROOT", str(runs.parent / "models"))
     monkeypatch.setenv("CXR_CACHE_ROOT", str(runs.parent / "cache"))
+    # the suggested preset uses ImageNet weights: count them as downloadable, so the settings form shows
+    # no error of its own (tests never use the network)
+    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     at = AppTest.from_file(HOME, default_timeout=180)
     for key, value in state.items():
         at.session_state[key] = value

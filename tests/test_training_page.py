@@ -26,6 +26,8 @@ def open_training(monkeypatch, data_root: Path, runs: Path, **env: str) -> AppTe
     monkeypatch.setenv("CXR_DATA_ROOT", str(data_root))
     monkeypatch.setenv("CXR_RUNS_ROOT", str(runs))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    # the suggested preset uses ImageNet weights: count them as downloadable (tests never use the network)
+    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     at = AppTest.from_file(HOME, default_timeout=180)
@@ -67,7 +69,7 @@ def test_page_renders_says_no_gpu_and_suggests_the_cpu_preset(app_data_root, mon
 
 
 def test_bad_settings_show_an_error_and_disable_start(app_data_root, monkeypatch, tmp_path):
-    at = open_training(monkeypatch, app_data_root, tmp_path / "runs")
+    at = open_training(monkeypatch, app_data_root, tmp_path / "runs", CXR_MODELS_ROOT=str(tmp_path / "models"))
     at.number_input(key="train_cpu-classroom_input_size").set_value(16).run()
     assert not at.exception
     errors = texts(at.error)
@@ -75,7 +77,9 @@ def test_bad_settings_show_an_error_and_disable_start(app_data_root, monkeypatch
     assert at.button(key="train_start").disabled and at.button(key="train_probe_button").disabled
     at.number_input(key="train_cpu-classroom_input_size").set_value(160)
     at.selectbox(key="train_cpu-classroom_weights").set_value("a file").run()
-    at.text_input(key="train_cpu-classroom_weights_file").set_value("models/missing.h5").run()
+    # weights files are picked from those under models/, never typed: here there is none
+    assert any("No .h5 weights file under" in i for i in texts(at.info))
+    assert [t.key for t in at.text_input] == ["train_cpu-classroom_name"]  # no path to type
     assert any("setting 'initial_weights': file not found" in e for e in texts(at.error))
     at.selectbox(key="train_cpu-classroom_valid_split").set_value("train").run()
     assert any("same file as train_split" in e for e in texts(at.error))
