@@ -1,6 +1,7 @@
 """Helpers for page and browser tests: a small dataset on disk, a live server, a headless browser."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -97,3 +99,24 @@ class StreamlitServer:
 
 def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
+
+
+@contextlib.contextmanager
+def headless_chromium() -> Iterator:
+    """Debian's chromium, headless, through Playwright (never a downloaded browser). A missing chromium
+    fails the test, or skips it when CXR_SKIP_BROWSER=1 (machines without a browser on purpose)."""
+    import pytest
+
+    if not chromium_available():
+        if os.environ.get("CXR_SKIP_BROWSER") == "1":
+            pytest.skip("CXR_SKIP_BROWSER=1 and no chromium")
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
+                    "browser tests never download a browser.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -385,21 +385,16 @@ def healthy(url: str) -> bool:
 
 
 def test_a_live_server_fed_bad_inputs_stays_up(world, tmp_path, artifacts_dir):
-    from tests.app_support import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, chromium_available
+    from tests.app_support import StreamlitServer, headless_chromium
     from tests.test_browser import wait_until_idle
 
-    if not chromium_available():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium; browser tests never download a browser.")
     roots = bad_roots(world, tmp_path)
     server = StreamlitServer(roots["data"], artifacts_dir / "streamlit-bad-inputs.log",
                              extra_env={"CXR_MODELS_ROOT": str(roots["models"]), "CXR_RUNS_ROOT": str(roots["runs"]),
                                         "CXR_CACHE_ROOT": str(roots["cache"])})
-    from playwright.sync_api import sync_playwright
-
     try:
         server.wait()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        with headless_chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             alerts = page.locator('[data-testid="stAlertContentError"]')
             # the good dataset, whose image folder holds a bomb and a truncated PNG: the grid still renders
@@ -433,7 +428,6 @@ def test_a_live_server_fed_bad_inputs_stays_up(world, tmp_path, artifacts_dir):
             assert page.locator("h1", has_text="Leakage audit").first.is_visible()
             assert page.locator('[data-testid="stException"]').count() == 0
             page.screenshot(path=str(artifacts_dir / "bad-inputs-server.png"), full_page=True)
-            browser.close()
         assert server.process.poll() is None and healthy(server.url)
     finally:
         server.stop()

@@ -4,11 +4,10 @@ Every page opens without an exception block; screenshots land in test-artifacts/
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from tests.app_support import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, chromium_available
+from tests.app_support import StreamlitServer, headless_chromium
 
 PAGES = [
     ("", "CXR Dashboard"),
@@ -33,17 +32,8 @@ def server(app_data_root, artifacts_dir):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not chromium_available():
-        if os.environ.get("CXR_SKIP_BROWSER") == "1":
-            pytest.skip("CXR_SKIP_BROWSER=1 and no chromium")
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
-                    "browser tests never download a browser.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def wait_until_idle(page, timeout_ms: int = 60_000) -> None:

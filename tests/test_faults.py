@@ -34,7 +34,7 @@ from streamlit.testing.v1 import AppTest
 from cxrcore import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import CHROMIUM, CHROMIUM_ARGS, ROOT, StreamlitServer, chromium_available
+from tests.app_support import ROOT, StreamlitServer, headless_chromium
 
 HOME = str(ROOT / "Home.py")
 TRAINING_PAGE = "pages/training.py"
@@ -235,17 +235,8 @@ def test_a_full_disk_still_records_the_final_state(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not chromium_available():
-        if os.environ.get("CXR_SKIP_BROWSER") == "1":
-            pytest.skip("CXR_SKIP_BROWSER=1 and no chromium")
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
-                    "browser tests never download a browser.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def parent_pid(pid: int) -> int:

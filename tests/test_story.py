@@ -8,7 +8,6 @@ against `streamlit run Home.py`; a full-page screenshot per step in test-artifac
 from __future__ import annotations
 
 import io
-import os
 import re
 import time
 import zipfile
@@ -19,7 +18,7 @@ from playwright.sync_api import expect
 
 from cxrcore.trainconfig import PRESETS
 
-from tests.app_support import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, chromium_available
+from tests.app_support import StreamlitServer, headless_chromium
 
 #: Small enough to render in a few seconds, big enough that every split has positives of most classes.
 DEMO_IMAGES, DEMO_SIZE = 240, 128
@@ -56,20 +55,10 @@ def story_server(story_roots, artifacts_dir):
 @pytest.fixture(scope="module")
 def story_page(artifacts_dir):
     """One headless chromium page (one Streamlit session) for the whole story."""
-    if not chromium_available():
-        if os.environ.get("CXR_SKIP_BROWSER") == "1":
-            pytest.skip("CXR_SKIP_BROWSER=1 and no chromium")
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium); "
-                    "browser tests never download a browser.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        yield page
+        yield context.new_page()
         context.close()
-        browser.close()
 
 
 class Story:
