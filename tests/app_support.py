@@ -96,6 +96,18 @@ class StreamlitServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.log.close()
 
+    def __enter__(self) -> "StreamlitServer":
+        """`with StreamlitServer(...) as app:` waits until it answers and stops it afterwards, even on errors."""
+        try:
+            self.wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which("chromium") is not None

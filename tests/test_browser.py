@@ -22,12 +22,8 @@ PAGES = [
 
 @pytest.fixture(scope="module")
 def server(app_data_root, artifacts_dir):
-    app = StreamlitServer(app_data_root, artifacts_dir / "streamlit-browser.log")
-    try:
-        app.wait()
+    with StreamlitServer(app_data_root, artifacts_dir / "streamlit-browser.log") as app:
         yield app
-    finally:
-        app.stop()
 
 
 @pytest.fixture(scope="module")

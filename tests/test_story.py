@@ -44,12 +44,8 @@ def story_roots(tmp_path_factory) -> dict[str, Path]:
 def story_server(story_roots, artifacts_dir):
     env = {"CXR_MODELS_ROOT": str(story_roots["models"]), "CXR_RUNS_ROOT": str(story_roots["runs"]),
            "CXR_CACHE_ROOT": str(story_roots["cache"]), "CUDA_VISIBLE_DEVICES": "-1"}
-    app = StreamlitServer(story_roots["data"], artifacts_dir / "streamlit-story.log", extra_env=env)
-    try:
-        app.wait()
+    with StreamlitServer(story_roots["data"], artifacts_dir / "streamlit-story.log", extra_env=env) as app:
         yield app
-    finally:
-        app.stop()
 
 
 @pytest.fixture(scope="module")
