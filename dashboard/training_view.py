@@ -119,7 +119,7 @@ def render_demo_offer(dataset: ActiveDataset | None, *, key: str = "train_demo")
                 "epoch is done.", icon=":material/hourglass_top:")
         return
     with st.container(border=True):
-        st.markdown("**No trained model yet.** The Results and Dataset explorer pages need one. Train the small "
+        st.markdown("**No trained model yet.** The Results and GradCAM explorer pages need one. Train the small "
                     "demo model on this dataset: a small CNN at 128 px, a few epochs, a couple of minutes on a "
                     "laptop CPU, saved in runs/ like any other run.")
         if dataset is None or dataset.entry is None:
@@ -238,7 +238,7 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
                + (f" {why}" if preset == auto else ""))
     settings = _settings_widgets(preset, entry.split_names, entry.default_pair())
     config = None
-    with user_errors("settings"):
+    with user_errors():  # the error names "the settings" itself
         config = config_from_dict({"preset": preset, "dataset": str(entry.root), **settings}, source="the settings",
                                   base_dir=APP_ROOT)
     teaching_note("training choices",
