@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -107,6 +107,25 @@ class StreamlitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def open_app_page(monkeypatch, page: str, *, state: Mapping[str, Any] | None = None, timeout: float = 180,
+                  **roots: Path) -> Any:
+    """An AppTest on Home.py switched to `page`, as a browser arriving there; `roots` (data=, models=,
+    runs=, cache=) become CXR_<NAME>_ROOT and `state` is session state set before the first run."""
+    from streamlit.testing.v1 import AppTest
+
+    for name, folder in roots.items():
+        monkeypatch.setenv(f"CXR_{name.upper()}_ROOT", str(folder))
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=timeout)
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def chromium_available() -> bool:

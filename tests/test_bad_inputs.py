@@ -225,24 +225,11 @@ def test_real_process_prints_one_line(case_id: str, world: World, tmp_path):
 # Pages (AppTest): the same files through the uploaders and the models folder
 
 
-HOME_SCRIPT = str(ROOT / "Home.py")
-
-
 def open_page(monkeypatch, page: str, *, data: Path, models: Path, runs: Path, cache: Path,
               state: dict | None = None):
-    from streamlit.testing.v1 import AppTest
+    from tests.app_support import open_app_page
 
-    for variable, value in (("CXR_DATA_ROOT", data), ("CXR_MODELS_ROOT", models), ("CXR_RUNS_ROOT", runs),
-                            ("CXR_CACHE_ROOT", cache)):
-        monkeypatch.setenv(variable, str(value))
-    at = AppTest.from_file(HOME_SCRIPT, default_timeout=180)
-    for key, value in (state or {}).items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app_page(monkeypatch, page, state=state, data=data, models=models, runs=runs, cache=cache)
 
 
 def built(case: Case, folder: Path, world: World) -> Path:

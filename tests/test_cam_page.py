@@ -15,9 +15,8 @@ from streamlit.testing.v1 import AppTest
 
 from cxrcore.boxes import write_boxes
 from cxrcore.dataset import load_split
-from tests.app_support import ROOT
+from tests.app_support import open_app_page
 
-HOME = str(ROOT / "Home.py")
 PAGE = "pages/gradcam_explorer.py"
 
 
@@ -42,17 +41,8 @@ def world(app_data_root, tmp_path_factory):
 
 
 def open_page(monkeypatch, world, models: Path | None = None) -> AppTest:
-    monkeypatch.setenv("CXR_DATA_ROOT", str(world["data"]))
-    monkeypatch.setenv("CXR_MODELS_ROOT", str(models or world["models"]))
-    monkeypatch.setenv("CXR_RUNS_ROOT", str(world["runs"]))
-    monkeypatch.setenv("CXR_CACHE_ROOT", str(world["cache"]))
-    at = AppTest.from_file(HOME, default_timeout=120)
-    at.run()
-    assert not at.exception
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app_page(monkeypatch, PAGE, timeout=120, data=world["data"], models=models or world["models"],
+                         runs=world["runs"], cache=world["cache"])
 
 
 def captions(at: AppTest) -> list[str]:

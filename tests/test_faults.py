@@ -34,9 +34,8 @@ from streamlit.testing.v1 import AppTest
 from cxrcore import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import ROOT, StreamlitServer, headless_chromium
+from tests.app_support import ROOT, StreamlitServer, headless_chromium, open_app_page
 
-HOME = str(ROOT / "Home.py")
 TRAINING_PAGE = "pages/training.py"
 RESULTS_PAGE = "pages/results.py"
 #: Smallest settings that still run every part of an epoch: 6 steps of 8 images, 18 validation images.
@@ -101,21 +100,11 @@ def leftover_temp_files(run_dir: Path) -> list[str]:
 
 def open_page(monkeypatch, data_root: Path, runs: Path, page: str = TRAINING_PAGE, **state) -> AppTest:
     """Home, then `page`, through AppTest, with this test's runs folder and no other models."""
-    monkeypatch.setenv("CXR_DATA_ROOT", str(data_root))
-    monkeypatch.setenv("CXR_RUNS_ROOT", str(runs))
-    monkeypatch.setenv("CXR_MODELS_ROOT", str(runs.parent / "models"))
-    monkeypatch.setenv("CXR_CACHE_ROOT", str(runs.parent / "cache"))
     # the suggested preset uses ImageNet weights: count them as downloadable, so the settings form shows
     # no error of its own (tests never use the network)
     monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
-    at = AppTest.from_file(HOME, default_timeout=180)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app_page(monkeypatch, page, state=state, data=data_root, runs=runs, models=runs.parent / "models",
+                         cache=runs.parent / "cache")
 
 
 def texts(elements) -> list[str]:

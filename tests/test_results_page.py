@@ -13,9 +13,8 @@ from streamlit.testing.v1 import AppTest
 from cxrcore.dataset import load_split
 from cxrcore.labels import LABELS
 from cxrcore.predictions import write_predictions
-from tests.app_support import ROOT
+from tests.app_support import open_app_page
 
-HOME = str(ROOT / "Home.py")
 PAGE = "pages/results.py"
 
 
@@ -39,17 +38,8 @@ def write_models(folder: Path, data_root: Path) -> dict[str, Path]:
 
 
 def open_results(monkeypatch, data_root: Path, models: Path, runs: Path) -> AppTest:
-    monkeypatch.setenv("CXR_DATA_ROOT", str(data_root))
-    monkeypatch.setenv("CXR_MODELS_ROOT", str(models))
-    monkeypatch.setenv("CXR_RUNS_ROOT", str(runs))
-    at = AppTest.from_file(HOME, default_timeout=120)
-    at.session_state["results_bootstrap"] = 50
-    at.run()
-    assert not at.exception
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app_page(monkeypatch, PAGE, state={"results_bootstrap": 50}, timeout=120, data=data_root,
+                         models=models, runs=runs)
 
 
 def frame(at: AppTest, column: str) -> pd.DataFrame:

@@ -292,15 +292,9 @@ def test_cli_refuses_an_imagenet_preset_offline_before_creating_a_run(shapes, tm
 
 
 def test_training_page_shows_the_weights_error_before_launch(app_data_root, no_weights_here, monkeypatch, tmp_path):
-    from streamlit.testing.v1 import AppTest
+    from tests.app_support import open_app_page
 
-    monkeypatch.setenv("CXR_DATA_ROOT", str(app_data_root))
-    monkeypatch.setenv("CXR_RUNS_ROOT", str(tmp_path / "runs"))
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=180)
-    at.run()
-    at.switch_page("pages/training.py")
-    at.run()
-    assert not at.exception
+    at = open_app_page(monkeypatch, "pages/training.py", data=app_data_root, runs=tmp_path / "runs")
     errors = [e.value for e in at.error]
     assert any("setting 'initial_weights'" in e and "not on this computer" in e for e in errors), errors
     assert at.button(key="train_start").disabled and at.button(key="train_probe_button").disabled

@@ -9,33 +9,24 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrcore import jobs
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import ROOT
+from tests.app_support import open_app_page
 
-HOME = str(ROOT / "Home.py")
 PAGE = "pages/training.py"
 TINY = {"input_size": 32, "batch_size": 16, "epochs": 1, "augmentation": False, "max_train_images": 48,
         "max_valid_images": 18}
 
 
 def open_training(monkeypatch, data_root: Path, runs: Path, **env: str) -> AppTest:
-    monkeypatch.setenv("CXR_DATA_ROOT", str(data_root))
-    monkeypatch.setenv("CXR_RUNS_ROOT", str(runs))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     # the suggested preset uses ImageNet weights: count them as downloadable (tests never use the network)
     monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    at = AppTest.from_file(HOME, default_timeout=180)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app_page(monkeypatch, PAGE, data=data_root, runs=runs)
 
 
 def texts(elements) -> list[str]:
