@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: run test setup demo demo-model bench clean
+.PHONY: run test setup chromium demo demo-model bench clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ demo-model: demo
 run: demo
 	$(PY) -m streamlit run Home.py --server.address $(HOST) --server.port $(PORT)
 
-test: setup
+# The browser tests drive Debian's chromium: installed here when missing and possible (root or
+# passwordless sudo), otherwise one line says how, before any test runs.
+chromium:
+	@tools/ensure-debian-package chromium chromium "the browser tests drive Debian's headless chromium"
+
+test: setup chromium
 	$(PY) -m pytest
 
 bench: setup
