@@ -16,6 +16,7 @@ import pandas as pd
 from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.errors import DatasetError, DataWarning
 from cxrcore.labels import LABELS
+from cxrcore.stattests import chi2_contingency, ks_2samp
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -167,26 +168,21 @@ def metadata_shift(splits: list[Split]) -> pd.DataFrame:
             if column not in first.frame or column not in second.frame:
                 continue
             if column == "Age":
-                from scipy.stats import ks_2samp
-
                 a = pd.to_numeric(first.frame[column], errors="coerce").dropna().to_numpy()
                 b = pd.to_numeric(second.frame[column], errors="coerce").dropna().to_numpy()
                 if len(a) == 0 or len(b) == 0:
                     continue
-                result = ks_2samp(a, b)
+                statistic, p = ks_2samp(a, b)
                 rows.append({"a": first.name, "b": second.name, "variable": column,
                              "test": "Kolmogorov-Smirnov", "summary_a": float(np.mean(a)),
-                             "summary_b": float(np.mean(b)), "statistic": float(result.statistic),
-                             "p_value": float(result.pvalue)})
+                             "summary_b": float(np.mean(b)), "statistic": statistic, "p_value": p})
             else:
-                from scipy.stats import chi2_contingency
-
                 table = pd.crosstab(
                     pd.concat([first.frame[column].astype(str), second.frame[column].astype(str)]),
                     np.repeat([0, 1], [len(first), len(second)]))
                 if table.shape[0] < 2:
                     continue
-                stat, p, _, _ = chi2_contingency(table.to_numpy())
+                stat, p = chi2_contingency(table.to_numpy())
                 top = table.index[table.to_numpy().sum(axis=1).argmax()]
                 rows.append({"a": first.name, "b": second.name, "variable": column, "test": "chi-square",
                              "summary_a": float(table.loc[top, 0] / len(first)),
