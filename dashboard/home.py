@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.catalog import split_role
+from dashboard.demo_offer import render_demo_offer
 from dashboard.loaders import UPLOADED, UPLOADS_KEY, datasets, uploaded_split
 from dashboard.state import PENDING_DATASET_KEY, data_root, models_root
 from dashboard.widgets import user_errors
@@ -25,10 +26,11 @@ def render_found() -> None:
             else ("(in the folder)" if e.image_root else "none"),
             "boxes": e.bbox_file.name if e.bbox_file else "", "folder": str(e.root)} for e in entries]),
             hide_index=True, width="stretch")
-    else:
-        st.info(f"No dataset under {data_root()}. `make run` creates the demo dataset in data/demo; "
-                "the course layout data/nih/ (train-small.csv, valid-small.csv, test.csv, images-small/) "
-                "is picked up automatically.")
+    render_demo_offer(prominent=not entries)
+    if not entries:
+        st.caption("Your own data: put the course layout in data/nih/ (train-small.csv, valid-small.csv, "
+                   "test.csv, images-small/) or any folder of split CSVs under the data root; it is picked "
+                   "up automatically. Or upload split files below.")
     models = sorted(p for p in models_root().rglob("*") if p.suffix.lower() in MODEL_SUFFIXES) \
         if models_root().is_dir() else []
     st.caption(f"Model files under {models_root()}: {len(models)}"

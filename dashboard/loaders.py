@@ -45,6 +45,11 @@ def _datasets(root: str) -> list[DatasetEntry]:
     return discover_datasets(root)
 
 
+def clear_dataset_list() -> None:
+    """Forget the folder listing, after this app added a dataset (instead of waiting up to 30 s)."""
+    _datasets.clear()
+
+
 @st.cache_data(show_spinner="Loading the dataset's split files...", max_entries=8)
 def _entry_splits(root: str, stamp: tuple) -> dict[str, Split]:
     entry = describe_folder(Path(root))

@@ -27,8 +27,8 @@ def render_sidebar() -> None:
                 st.caption(f"Splits: {', '.join(entry.split_names)}"
                            + ("" if entry.image_root else " · no image folder"))
         else:
-            st.warning(f"No dataset found under {data_root()}. Run `make run` to create the demo "
-                       "dataset, or upload split files on the Home page.")
+            st.warning(f"No dataset found under {data_root()}. Generate the demo dataset on the Home "
+                       "page (one click), or upload split files there.")
         render_model_picker()
         st.toggle("Teaching mode", key=TEACHING_KEY,
                   help="Show the explanations and formulas on every page.")
