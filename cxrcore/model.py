@@ -1,11 +1,16 @@
-"""The classifier: DenseNet121 (or a tiny CNN for tests) + global average pooling + 14 sigmoid outputs.
+"""The classifier: an ImageNet backbone (DenseNet121, ResNet50, EfficientNetV2-S, ViT-B/16) or a tiny CNN
+for tests, then global average pooling (the ViT: its class token) and 14 sigmoid outputs.
 
 Every model travels with a `ModelInfo` (label order, input size, normalization), saved as JSON
-beside the model file and inside it. The course's Keras 2 files (`densenet.hdf5`, backbone
-weights; `pretrained_model.h5`, full model) are loaded TOPOLOGICALLY, layer by layer in order,
-never by name: Keras 2 and Keras 3 name DenseNet layers differently ("conv1/conv" vs "conv1_conv"),
-so loading by name silently leaves weights random. Course files store no label list; their outputs
-are in COURSE_LABEL_ORDER and `LoadedModel.predict` always returns the canonical LABELS order.
+beside the model file and inside it. Every backbone takes inputs on the ImageNet mean/std scale
+(what DenseNet121's weights expect, what "imagenet" normalization gives exactly and "sample" /
+"dataset" approximately); ResNet50, EfficientNetV2-S and the ViT, whose weights expect another
+scale, start with a fixed `Rescaling` layer ("input_scaling", see `input_scaling`). The course's
+Keras 2 files (`densenet.hdf5`, backbone weights; `pretrained_model.h5`, full model) are loaded
+TOPOLOGICALLY, layer by layer in order, never by name: Keras 2 and Keras 3 name DenseNet layers
+differently ("conv1/conv" vs "conv1_conv"), so loading by name silently leaves weights random.
+Course files store no label list; their outputs are in COURSE_LABEL_ORDER and
+`LoadedModel.predict` always returns the canonical LABELS order. The ViT is keras-hub's ViTBackbone.
 """
 from __future__ import annotations
 
@@ -29,20 +34,72 @@ from cxrcore.pipeline import Normalization, prepare_images
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-BACKBONES = ("densenet121", "small_cnn")
+BACKBONES = ("densenet121", "resnet50", "efficientnetv2_s", "vit_b16", "small_cnn")
+#: How people read each backbone's name (pages, logs, messages).
+BACKBONE_LABELS = {"densenet121": "DenseNet121", "resnet50": "ResNet50", "efficientnetv2_s": "EfficientNetV2-S",
+                   "vit_b16": "ViT-B/16", "small_cnn": "small CNN"}
 #: Names of the head layers in models built here (CAMs and training rely on them).
 POOL_LAYER, LOGITS_LAYER, OUTPUT_LAYER = "avg_pool", "logits", "predictions"
 #: Last feature map of the small CNN (DenseNet's is "bn", or "relu" in newer Keras 2 files).
 SMALL_CNN_FEATURES = "features"
+#: The fixed first layer mapping ImageNet-normalized inputs to the scale a backbone's weights expect.
+INPUT_SCALING_LAYER = "input_scaling"
+#: The ViT backbone's layer name inside models built here.
+VIT_LAYER = "vit_b16"
 INFO_FORMAT = 1
 _INFO_ENTRY = "cxrcore_info.json"  # inside .keras zips
 _INFO_ATTR = "cxrcore_info"        # root attribute of .h5 files
 _UNSAFE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
-#: Keras' ImageNet DenseNet121 backbone (include_top=False): what build_model(weights="imagenet") loads,
-#: downloaded once (about 30 MB) into the Keras cache, ~/.keras/models.
-IMAGENET_WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/densenet/{IMAGENET_WEIGHTS_FILE}"
-IMAGENET_WEIGHTS_MD5 = "30ee3e1110167f948a6b9946edeeb738"  # keras.applications.densenet's file_hash
+#: The only classes a saved model may take from keras-hub: (module, class name). Anything else is refused.
+_KERAS_HUB_CLASSES = {("keras_hub.src.models.vit.vit_backbone", "ViTBackbone")}
+_KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclass(frozen=True)
+class KerasWeightsFile:
+    """A keras.applications ImageNet backbone file (include_top=False) as Keras' get_file keeps it in its cache."""
+
+    file: str
+    url: str
+    md5: str  # the file_hash keras.applications passes to get_file
+    megabytes: int
+
+
+#: What build_model(weights="imagenet") downloads once per backbone into the Keras cache (~/.keras/models).
+IMAGENET_FILES: dict[str, KerasWeightsFile] = {
+    "densenet121": KerasWeightsFile("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                    _KERAS_APPLICATIONS + "densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                    "30ee3e1110167f948a6b9946edeeb738", 30),
+    "resnet50": KerasWeightsFile("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                 _KERAS_APPLICATIONS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                 "4d473c1dd8becc155b73f8504c6f6626", 95),
+    "efficientnetv2_s": KerasWeightsFile("efficientnetv2-s_notop.h5",
+                                         _KERAS_APPLICATIONS + "efficientnet_v2/efficientnetv2-s_notop.h5",
+                                         "af0682fb74e8c54910f2d4393339c070", 80),
+}
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """A ViT's shape: ViT-B/16 by default (patch 16, 12 layers, width 768, 12 heads, MLP 3072)."""
+
+    patch_size: int = 16
+    num_layers: int = 12
+    hidden_dim: int = 768
+    num_heads: int = 12
+    mlp_dim: int = 3072
+
+
+#: The ViT built for backbone "vit_b16" (tests swap in a tiny one).
+VIT_CONFIGS: dict[str, ViTConfig] = {"vit_b16": ViTConfig()}
+#: keras-hub's ImageNet ViT-B/16 preset (224 px), downloaded by its preset loader from Kaggle Models (~330 MB).
+VIT_PRESET = "vit_base_patch16_224_imagenet"
+VIT_PRESET_HANDLE = ("keras", "vit", "keras", VIT_PRESET, "4")  # kaggle://keras/vit/keras/<preset>/4
+VIT_PRESET_URL = "https://www.kaggle.com/models/keras/vit"  # answers when the preset can be downloaded
+VIT_PRESET_SIZE = 224
+VIT_PRESET_MEGABYTES = 330
+#: Where a copied keras-hub preset folder (config.json + model.weights.h5) goes, relative to the models root.
+VIT_PRESET_DIR = Path("keras-hub") / VIT_PRESET
 #: The course's ImageNet-pretrained DenseNet121 backbone (Keras 2), relative to the models root.
 COURSE_BACKBONE = Path("nih") / "densenet.hdf5"
 #: Set to 1 to never try the network (classrooms behind a firewall; the test suite).
@@ -177,48 +234,70 @@ def keras_cache_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def cached_imagenet_weights() -> Path | None:
-    """The ImageNet DenseNet121 weights file in the Keras cache when it is complete (its MD5 is checked,
-    as Keras does before using it), else None."""
+def _md5(path: Path) -> str | None:
+    """MD5 of a file, hashed once per (path, size, mtime); None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _MD5S:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _MD5S[key] = digest.hexdigest()
+    return _MD5S[key]
+
+
+def cached_imagenet_weights(backbone: str = "densenet121") -> Path | None:
+    """The backbone's ImageNet weights file in the Keras cache when it is complete (its MD5 is checked,
+    as Keras does before using it), else None (also for backbones keras.applications does not provide)."""
+    spec = IMAGENET_FILES.get(backbone)
+    if spec is None:
+        return None
     for folder in keras_cache_dirs():
-        path = folder / IMAGENET_WEIGHTS_FILE
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        if key not in _MD5S:
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            _MD5S[key] = digest.hexdigest()
-        if _MD5S[key] == IMAGENET_WEIGHTS_MD5:
+        path = folder / spec.file
+        if _md5(path) == spec.md5:
             return path
     return None
 
 
-def imagenet_weights_reachable(timeout_s: float = 3.0) -> bool:
-    """True when the ImageNet weights URL answers a HEAD request within timeout_s.
+def url_reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """True when `url` answers a HEAD request within timeout_s; never tried when CXR_OFFLINE=1.
 
-    Never tried when CXR_OFFLINE=1. The answer is kept for a minute when negative (a user who just
-    connected retries soon) and ten minutes when positive, so page reruns do not wait on the network.
+    The answer is kept for a minute when negative (a user who just connected retries soon) and ten
+    minutes when positive, so page reruns do not wait on the network.
     """
     if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
         return False
-    checked = _REACHABLE.get(IMAGENET_WEIGHTS_URL)
+    checked = _REACHABLE.get(url)
     if checked is not None and time.monotonic() - checked[0] < (600.0 if checked[1] else 60.0):
         return checked[1]
     import urllib.request
 
     try:
-        request = urllib.request.Request(IMAGENET_WEIGHTS_URL, method="HEAD")
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - fixed https URL
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - fixed https URLs
             ok = 200 <= response.status < 400
     except Exception:  # DNS failure, refused, timeout, proxy, HTTP error: not reachable now
         ok = False
-    _REACHABLE[IMAGENET_WEIGHTS_URL] = (time.monotonic(), ok)
+    _REACHABLE[url] = (time.monotonic(), ok)
     return ok
+
+
+def weights_url(backbone: str) -> str | None:
+    """Where the backbone's pretrained weights are downloaded from (None for the small CNN)."""
+    if backbone == "vit_b16":
+        return VIT_PRESET_URL
+    spec = IMAGENET_FILES.get(backbone)
+    return spec.url if spec else None
+
+
+def imagenet_weights_reachable(timeout_s: float = 3.0, *, backbone: str = "densenet121") -> bool:
+    """True when the backbone's pretrained weights can be downloaded now (see `url_reachable`)."""
+    url = weights_url(backbone)
+    return url is not None and url_reachable(url, timeout_s)
 
 
 def course_backbone(models_root: str | os.PathLike) -> Path | None:
@@ -227,33 +306,98 @@ def course_backbone(models_root: str | os.PathLike) -> Path | None:
     return path.resolve() if path.is_file() and _is_hdf5(path) else None
 
 
+def vit_preset_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is not a keras-hub ViT-B/16 preset (config.json of a ViTBackbone with patch 16, 12 layers,
+    width 768, 12 heads, MLP 3072, and model.weights.h5), or None when it is one. Reads JSON only."""
+    path = Path(folder)
+    config_file, weights_file = path / "config.json", path / "model.weights.h5"
+    if not config_file.is_file() or not weights_file.is_file():
+        return f"{path} is not a keras-hub preset folder (it needs config.json and model.weights.h5)."
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{config_file} is not valid JSON."
+    config = data.get("config") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping) or data.get("class_name") != "ViTBackbone" or not isinstance(config, Mapping):
+        return f"{config_file} does not describe a keras-hub ViTBackbone."
+    want = VIT_CONFIGS["vit_b16"]
+    patch = config.get("patch_size")
+    patch = patch[0] if isinstance(patch, (list, tuple)) and patch else patch
+    got = ViTConfig(patch_size=patch, num_layers=config.get("num_layers"), hidden_dim=config.get("hidden_dim"),
+                    num_heads=config.get("num_heads"), mlp_dim=config.get("mlp_dim"))
+    if got != want:
+        return f"{path} holds another ViT ({got}), not the ViT-B/16 this backbone builds ({want})."
+    return None
+
+
+def kagglehub_cache_dir() -> Path:
+    """Where keras-hub's preset loader (kagglehub) keeps the ViT-B/16 preset: $KAGGLEHUB_CACHE, else
+    ~/.cache/kagglehub, then models/<owner>/<model>/<framework>/<variation>/<version>."""
+    root = os.environ.get("KAGGLEHUB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kagglehub")
+    return Path(root, "models", *VIT_PRESET_HANDLE)
+
+
 @dataclass(frozen=True)
 class ImagenetWeights:
-    """Where ImageNet DenseNet121 weights come from: "cache" (Keras cache), "course file" (its path),
-    "download" (reachable now) or "unavailable"; `note` says it in one sentence."""
+    """Where a backbone's ImageNet weights come from: "cache" (Keras' or keras-hub's), "course file" (the
+    course's DenseNet121 backbone), "preset folder" (a keras-hub preset under the models root), "download"
+    (reachable now) or "unavailable"; `path` is the local file or folder, `note` says it in one sentence."""
 
     source: str
     path: Path | None
     note: str
 
 
-def find_imagenet_weights(models_root: str | os.PathLike, *, network: bool = True) -> ImagenetWeights:
-    """The first usable source of ImageNet weights: the Keras cache, the course's backbone file in the
-    models root (the same ImageNet weights, no download), then a download when the URL answers."""
-    cached = cached_imagenet_weights()
+def find_imagenet_weights(models_root: str | os.PathLike, *, network: bool = True,
+                          backbone: str = "densenet121") -> ImagenetWeights:
+    """The first usable source of the backbone's ImageNet weights, without a download when one is on disk.
+
+    keras.applications backbones: the Keras cache, then (DenseNet121 only) the course's backbone file in
+    the models root, then a download when the URL answers. ViT-B/16: a keras-hub preset folder in the
+    models root (models/keras-hub/vit_base_patch16_224_imagenet), keras-hub's own cache, then a download.
+    """
+    if backbone == "vit_b16":
+        return _find_vit_preset(Path(models_root), network=network)
+    spec = IMAGENET_FILES.get(backbone)
+    if spec is None:
+        return ImagenetWeights("unavailable", None, f"{backbone} has no ImageNet weights.")
+    label = BACKBONE_LABELS.get(backbone, backbone)
+    cached = cached_imagenet_weights(backbone)
     if cached is not None:
-        return ImagenetWeights("cache", cached, f"ImageNet weights from the Keras cache ({cached}).")
-    course = course_backbone(models_root)
+        return ImagenetWeights("cache", cached, f"ImageNet weights of {label} from the Keras cache ({cached}).")
+    course = course_backbone(models_root) if backbone == "densenet121" else None
     if course is not None:
         return ImagenetWeights("course file", course, f"ImageNet weights from the course's DenseNet121 backbone "
                                                       f"{course} (not in the Keras cache, so no download).")
-    if network and imagenet_weights_reachable():
-        return ImagenetWeights("download", None, "ImageNet weights are downloaded (about 30 MB) when training "
-                                                 "starts and kept in the Keras cache.")
+    if network and imagenet_weights_reachable(backbone=backbone):
+        return ImagenetWeights("download", None, f"ImageNet weights of {label} are downloaded (about "
+                                                 f"{spec.megabytes} MB) when training starts and kept in the "
+                                                 "Keras cache.")
+    course_note = f", no {Path(models_root) / COURSE_BACKBONE}" if backbone == "densenet121" else ""
     return ImagenetWeights("unavailable", None,
-                           f"the ImageNet weights of DenseNet121 are not on this computer (not in "
-                           f"{keras_cache_dirs()[0]}, no {Path(models_root) / COURSE_BACKBONE}) and cannot be "
-                           "downloaded now (no internet connection).")
+                           f"the ImageNet weights of {label} are not on this computer (no {spec.file} in "
+                           f"{keras_cache_dirs()[0]}{course_note}) and cannot be downloaded now (no internet "
+                           "connection).")
+
+
+def _find_vit_preset(models_root: Path, *, network: bool) -> ImagenetWeights:
+    local = models_root / VIT_PRESET_DIR
+    local_problem = vit_preset_problem(local) if local.is_dir() else None
+    if local.is_dir() and local_problem is None:
+        return ImagenetWeights("preset folder", local.resolve(), f"ImageNet weights of ViT-B/16 from the keras-hub "
+                                                                 f"preset folder {local.resolve()}.")
+    cache = kagglehub_cache_dir()
+    if cache.is_dir() and vit_preset_problem(cache) is None:
+        return ImagenetWeights("cache", cache, f"ImageNet weights of ViT-B/16 from keras-hub's cache ({cache}).")
+    if network and imagenet_weights_reachable(backbone="vit_b16"):
+        return ImagenetWeights("download", None, f"ImageNet weights of ViT-B/16 (keras-hub preset {VIT_PRESET}) "
+                                                 f"are downloaded (about {VIT_PRESET_MEGABYTES} MB) when training "
+                                                 "starts and kept in keras-hub's cache.")
+    there = f"{local_problem[0].lower()}{local_problem[1:-1]}; " if local_problem else ""
+    return ImagenetWeights("unavailable", None,
+                           f"the ImageNet weights of ViT-B/16 are not on this computer ({there}no keras-hub preset "
+                           f"in {models_root / VIT_PRESET_DIR} or {cache}) and cannot be downloaded now (no "
+                           "internet connection to Kaggle Models, where keras-hub's preset loader gets them).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +408,13 @@ def _head(features, n_outputs: int):
     import keras
 
     x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)
-    logits = keras.layers.Dense(n_outputs, name=LOGITS_LAYER, dtype="float32")(x)
+    return _dense_head(x, n_outputs)
+
+
+def _dense_head(pooled, n_outputs: int):
+    import keras
+
+    logits = keras.layers.Dense(n_outputs, name=LOGITS_LAYER, dtype="float32")(pooled)
     return keras.layers.Activation("sigmoid", name=OUTPUT_LAYER, dtype="float32")(logits)
 
 
@@ -283,30 +433,57 @@ def _small_cnn(input_size: int, n_outputs: int, name: str) -> "keras.Model":
     return keras.Model(inputs, _head(x, n_outputs), name=name)
 
 
-def build_model(labels: Sequence[str] = LABELS, input_size: int = 320, weights: str | os.PathLike | None = None,
-                *, backbone: str = "densenet121", final_relu: bool = False,
-                name: str | None = None) -> "keras.Model":
-    """DenseNet121 (or "small_cnn") + GlobalAveragePooling2D + Dense(len(labels)) + sigmoid, float32 head.
+def input_scaling(backbone: str) -> tuple[list[float], list[float]] | None:
+    """(scale, offset) per channel taking ImageNet-normalized inputs x = (p - mean) / std (p in [0, 1]) to the
+    scale the backbone's pretrained weights expect; None for DenseNet121 (its weights expect x itself) and
+    the small CNN.
 
-    The head sits on DenseNet's final "bn" output, as in the course's Keras 2 model (Keras 3's
+    ResNet50 ("caffe"): 255 p minus the BGR channel means. EfficientNetV2-S: 255 p / 128 - 1, as its
+    include_preprocessing Rescaling does; the ViT: 255 p / 127.5 - 1, as keras-hub's ViT image converter
+    does. Channels stay in order: the images here are grayscale repeated three times, so BGR is RGB.
+    """
+    from cxrcore.pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+    if backbone == "resnet50":
+        caffe_means = (103.939, 116.779, 123.68)
+        return ([255.0 * s for s in IMAGENET_STD],
+                [255.0 * m - c for m, c in zip(IMAGENET_MEAN, caffe_means)])
+    k = {"efficientnetv2_s": 255.0 / 128.0, "vit_b16": 255.0 / 127.5}.get(backbone)
+    if k is None:
+        return None
+    return [k * s for s in IMAGENET_STD], [k * m - 1.0 for m in IMAGENET_MEAN]
+
+
+def build_model(labels: Sequence[str] = LABELS, input_size: int = 320, weights: str | os.PathLike | None = None,
+                *, backbone: str = "densenet121", final_relu: bool = False, name: str | None = None,
+                vit_config: ViTConfig | None = None) -> "keras.Model":
+    """A backbone (see BACKBONES) + GlobalAveragePooling2D + Dense(len(labels)) + sigmoid, float32 head.
+
+    The DenseNet head sits on its final "bn" output, as in the course's Keras 2 model (Keras 3's
     include_top=False adds a "relu" after it; final_relu=True keeps it, for files that have it).
-    weights: None, "imagenet" (downloads; backbone only) or a .h5 file of backbone or full-model
-    weights, loaded topologically (see `load_weights_topological`). The Dense layer is "logits" and
-    the sigmoid "predictions", so `logits_model` can train with the stable from-logits loss.
+    ResNet50 and EfficientNetV2-S are keras.applications' (include_top=False); the ViT is keras-hub's
+    ViTBackbone (vit_config, default VIT_CONFIGS["vit_b16"]), its class token feeding the Dense head.
+    weights: None, "imagenet" (downloads unless cached; backbone only) or a file: for keras.applications
+    backbones a .h5 of backbone or full-model weights, loaded topologically (`load_weights_topological`);
+    for the ViT a keras-hub ViT-B/16 preset folder. The Dense layer is "logits" and the sigmoid
+    "predictions", so `logits_model` can train with the stable from-logits loss.
     """
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}.", fix=f"use one of {', '.join(BACKBONES)}.")
     if backbone == "small_cnn" and weights == "imagenet":
         raise ConfigError("the small CNN has no ImageNet weights.", fix="use weights=None.")
+    vit = vit_config or VIT_CONFIGS["vit_b16"]
     model = _build(len(labels), int(input_size), backbone=backbone, final_relu=final_relu, name=name,
-                   imagenet=weights == "imagenet")
-    if weights is not None and weights != "imagenet":
+                   imagenet=weights == "imagenet" and backbone != "vit_b16", vit_config=vit)
+    if backbone == "vit_b16" and weights is not None:
+        load_vit_preset(model, weights)
+    elif weights is not None and weights != "imagenet":
         load_weights_topological(model, weights, allow_backbone_only=True)
     return model
 
 
 def _build(n_outputs: int, size: int, *, backbone: str, final_relu: bool, name: str | None,
-           imagenet: bool = False) -> "keras.Model":
+           imagenet: bool = False, vit_config: ViTConfig | None = None) -> "keras.Model":
     import keras
 
     if n_outputs < 1:
@@ -314,11 +491,105 @@ def _build(n_outputs: int, size: int, *, backbone: str, final_relu: bool, name: 
     if backbone == "small_cnn":
         return _small_cnn(size, n_outputs, name or "small_cnn")
     if size < 32:
-        raise ConfigError(f"DenseNet121 needs inputs of at least 32x32, got {size}.")
-    base = keras.applications.DenseNet121(include_top=False, weights="imagenet" if imagenet else None,
-                                          input_shape=(size, size, 3))
-    features = base.get_layer("relu" if final_relu else "bn").output
-    return keras.Model(base.input, _head(features, n_outputs), name=name or "densenet121")
+        raise ConfigError(f"{BACKBONE_LABELS[backbone]} needs inputs of at least 32x32, got {size}.")
+    weights = "imagenet" if imagenet else None
+    if backbone == "densenet121":
+        base = keras.applications.DenseNet121(include_top=False, weights=weights, input_shape=(size, size, 3))
+        features = base.get_layer("relu" if final_relu else "bn").output
+        return keras.Model(base.input, _head(features, n_outputs), name=name or "densenet121")
+    inputs = keras.Input((size, size, 3), name="image")
+    scale, offset = input_scaling(backbone)
+    x = keras.layers.Rescaling(scale, offset, name=INPUT_SCALING_LAYER)(inputs)
+    if backbone == "resnet50":
+        base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
+        return keras.Model(inputs, _head(base.output, n_outputs), name=name or backbone)
+    if backbone == "efficientnetv2_s":
+        base = keras.applications.EfficientNetV2S(include_top=False, weights=weights, input_tensor=x,
+                                                  include_preprocessing=False)
+        return keras.Model(inputs, _head(base.output, n_outputs), name=name or backbone)
+    tokens = _vit_backbone(size, vit_config or VIT_CONFIGS["vit_b16"])(x)
+    return keras.Model(inputs, _dense_head(tokens[:, 0], n_outputs), name=name or backbone)
+
+
+def _keras_hub():
+    try:
+        import keras_hub
+    except ImportError:
+        raise ModelError("the ViT-B/16 backbone needs the keras-hub package, which is not installed.",
+                         fix="install the project's requirements (pip install -r requirements.txt), which pin "
+                             "keras-hub.") from None
+    return keras_hub
+
+
+def _vit_backbone(size: int, config: ViTConfig):
+    if size % config.patch_size:
+        raise ConfigError(f"the ViT cuts images into {config.patch_size}x{config.patch_size} patches, so the input "
+                          f"size must be a multiple of {config.patch_size}, got {size}.",
+                          fix=f"use e.g. {max(config.patch_size, round(size / config.patch_size) * config.patch_size)}.")
+    return _keras_hub().models.ViTBackbone(image_shape=(size, size, 3), patch_size=config.patch_size,
+                                           num_layers=config.num_layers, num_heads=config.num_heads,
+                                           hidden_dim=config.hidden_dim, mlp_dim=config.mlp_dim, name=VIT_LAYER)
+
+
+def load_vit_preset(model: "keras.Model", source: str | os.PathLike) -> int:
+    """Fill the ViT of a model built here from a keras-hub preset: "imagenet" (keras-hub's preset loader,
+    downloaded from Kaggle Models unless cached) or a local preset folder; returns the tensors copied.
+
+    The position embeddings are resized (bicubic, on the patch grid) when the model's input size is not
+    the preset's 224 px, so any multiple of 16 works. ModelError when the preset is not ViT-B/16.
+    """
+    import keras
+
+    try:
+        target = model.get_layer(VIT_LAYER)
+    except ValueError:
+        raise ModelError("the model has no ViT backbone (not built with backbone='vit_b16').") from None
+    preset = VIT_PRESET if str(source) == "imagenet" else str(source)
+    if preset != VIT_PRESET:
+        if Path(preset).is_file():
+            raise ModelError("ViT-B/16 weights come as a keras-hub preset folder (config.json and "
+                             "model.weights.h5), not as a single file.", file=preset,
+                             fix=f"give the folder, e.g. models/{VIT_PRESET_DIR.as_posix()}.")
+        problem = vit_preset_problem(preset)
+        if problem:
+            raise ModelError(problem, fix=f"copy keras-hub's {VIT_PRESET} preset folder there.")
+    try:
+        source_vit = _keras_hub().models.ViTBackbone.from_preset(preset)
+    except ModelError:
+        raise
+    except Exception as err:  # network, Kaggle, missing or damaged files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ModelError(f"the ViT-B/16 preset could not be loaded ({type(err).__name__}: {first}).", file=preset,
+                         fix=f"copy keras-hub's {VIT_PRESET} preset folder to models/{VIT_PRESET_DIR.as_posix()}, "
+                             "or train from scratch (initial_weights = \"none\").") from None
+    pairs = []
+    for part in ("vit_patching_and_embedding", "vit_encoder"):
+        src, dst = source_vit.get_layer(part).weights, target.get_layer(part).weights
+        if len(src) != len(dst):
+            raise ModelError(f"the preset's {part} has {len(src)} weight tensors, the model's {len(dst)}.", file=preset)
+        for s_var, d_var in zip(src, dst):
+            value = keras.ops.convert_to_numpy(s_var.value)
+            if "position_embedding" in d_var.path and value.shape != tuple(d_var.shape):
+                value = _resize_positions(value, tuple(d_var.shape))
+            if value.shape != tuple(d_var.shape):
+                raise ModelError(f"the preset's {s_var.path} has shape {value.shape}, the model expects "
+                                 f"{tuple(d_var.shape)}.", file=preset)
+            pairs.append((d_var, value))
+    for d_var, value in pairs:  # assign only after everything was checked
+        d_var.assign(value.astype(d_var.dtype, copy=False))
+    return len(pairs)
+
+
+def _resize_positions(table: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(1 + g*g, width) position embeddings (class token first) resized to (1 + G*G, width) on the patch grid."""
+    import keras
+
+    old, new = int(round((table.shape[0] - 1) ** 0.5)), int(round((shape[0] - 1) ** 0.5))
+    if old * old + 1 != table.shape[0] or new * new + 1 != shape[0] or table.shape[1] != shape[1]:
+        return table  # not a square grid: the caller reports the shape mismatch
+    grid = table[1:].reshape(old, old, table.shape[1]).astype(np.float32)
+    resized = keras.ops.convert_to_numpy(keras.ops.image.resize(grid, (new, new), interpolation="bicubic"))
+    return np.concatenate([table[:1], resized.reshape(new * new, table.shape[1])], axis=0)
 
 
 def logits_model(model: "keras.Model") -> "keras.Model":
@@ -338,9 +609,13 @@ def cam_layers(model: "keras.Model") -> tuple[str, str]:
 
     Found from the graph: the layer feeding the last GlobalAveragePooling2D, and the Dense layer
     reading the pooled vector, so it also works for models not built here (course files, others).
+    A ViT has no such map (it works on patch tokens): ModelError says so; see `has_feature_map`.
     """
     import keras
 
+    if any(_is_vit(layer) for layer in model.layers):
+        raise ModelError("a vision transformer (ViT) has no convolutional feature map, so it has no class "
+                         "activation maps (CAM, Grad-CAM).", fix="use a gradient saliency method instead.")
     pools = [layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
     if not pools:
         raise ModelError("the model has no GlobalAveragePooling2D layer, so it has no class activation maps.")
@@ -350,6 +625,39 @@ def cam_layers(model: "keras.Model") -> tuple[str, str]:
         if isinstance(layer, keras.layers.Dense) and layer.input._keras_history.operation is pool:
             return feature.name, layer.name
     raise ModelError("no Dense layer reads the pooled features, so class activation maps are undefined.")
+
+
+def has_feature_map(model: "keras.Model") -> bool:
+    """True when the model has a convolutional feature map for CAM / Grad-CAM (`cam_layers` works), False for
+    a ViT or a model without global pooling: offer gradient saliency only then."""
+    try:
+        cam_layers(model)
+    except ModelError:
+        return False
+    return True
+
+
+def _is_vit(layer: Any) -> bool:
+    return type(layer).__name__ == "ViTBackbone"
+
+
+def backbone_layers(model: "keras.Model") -> list[Any]:
+    """The backbone's layers in order, input layer first and head excluded: what freeze = "first:N" counts.
+
+    A ViT's nested keras-hub backbone counts as its patch embedding, each transformer block and the
+    final norm (the units that hold weights), so "first:N" freezes the embedding and the first blocks.
+    """
+    head = {POOL_LAYER, LOGITS_LAYER, OUTPUT_LAYER}
+    out: list[Any] = []
+    for layer in model.layers:
+        if layer.name in head:
+            continue
+        if _is_vit(layer):
+            encoder = layer.get_layer("vit_encoder")
+            out += [layer.get_layer("vit_patching_and_embedding"), *encoder.encoder_layers, encoder.layer_norm]
+        else:
+            out.append(layer)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,6 +767,21 @@ def _scan_unsafe(config: Any) -> str | None:
             if found:
                 return found
     return None
+
+
+def _keras_hub_classes(config: Any) -> set[tuple[str, str]]:
+    """(module, class name) of every keras-hub object a model config names (Keras imports them on load)."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(config, Mapping):
+        module = config.get("module")
+        if isinstance(module, str) and module.split(".", 1)[0] in ("keras_hub", "keras_nlp", "keras_cv"):
+            found.add((module, str(config.get("class_name"))))
+        for value in config.values():
+            found |= _keras_hub_classes(value)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            found |= _keras_hub_classes(value)
+    return found
 
 
 def _layer_names_from_config(config: Any) -> list[str]:
@@ -604,6 +927,13 @@ def _load_keras_zip(path: Path) -> Any:
     if unsafe:
         raise ModelError(f"the model contains a {unsafe} layer, which runs arbitrary Python code on load; "
                          "refused.", file=str(path), fix="rebuild the model without Lambda layers.")
+    foreign = sorted(_keras_hub_classes(config) - _KERAS_HUB_CLASSES)
+    if foreign:
+        raise ModelError(f"the model uses {foreign[0][1]} from {foreign[0][0]}; only keras-hub's ViTBackbone is "
+                         "accepted from outside Keras.", file=str(path),
+                         fix="use a model built here (cxrcore.model.build_model) or standard Keras layers.")
+    if _keras_hub_classes(config):
+        _keras_hub()  # registers ViTBackbone before Keras rebuilds it; ModelError when keras-hub is missing
     if path.suffix.lower() != ".keras":
         raise ModelError("a zipped Keras model must have the .keras suffix.", file=str(path),
                          fix=f"rename it to {path.with_suffix('.keras').name}.")
@@ -728,7 +1058,10 @@ def save_model(model: "keras.Model", info: ModelInfo, path: str | os.PathLike) -
     return p
 
 
-__all__ = ["BACKBONES", "COURSE_BACKBONE", "ImagenetWeights", "LoadedModel", "ModelInfo", "build_model",
-           "cached_imagenet_weights", "cam_layers", "course_backbone", "course_model_info", "find_imagenet_weights",
-           "imagenet_weights_reachable", "keras_cache_dirs", "load_model", "load_weights_topological",
-           "logits_model", "read_model_info", "reorder_outputs", "save_model", "sidecar_path"]
+__all__ = ["BACKBONES", "BACKBONE_LABELS", "COURSE_BACKBONE", "IMAGENET_FILES", "ImagenetWeights", "KerasWeightsFile",
+           "LoadedModel", "ModelInfo", "VIT_CONFIGS", "VIT_PRESET", "VIT_PRESET_DIR", "ViTConfig", "backbone_layers",
+           "build_model", "cached_imagenet_weights", "cam_layers", "course_backbone", "course_model_info",
+           "find_imagenet_weights", "has_feature_map", "imagenet_weights_reachable", "input_scaling",
+           "kagglehub_cache_dir", "keras_cache_dirs", "load_model", "load_vit_preset", "load_weights_topological",
+           "logits_model", "read_model_info", "reorder_outputs", "save_model", "sidecar_path", "url_reachable",
+           "vit_preset_problem", "weights_url"]

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrcore.errors import CxrError
-from cxrcore.model import ModelInfo, course_model_info, read_model_info
+from cxrcore.model import IMAGENET_FILES, ModelInfo, course_model_info, read_model_info, vit_preset_problem
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 #: Course files: a full model, and DenseNet121 backbone weights (initial weights, not a model).
 COURSE_MODEL_NAMES = ("pretrained_model.h5",)
 BACKBONE_NAMES = ("densenet.hdf5",)
+#: keras.applications' ImageNet backbone files (include_top=False) copied from a Keras cache: initial weights too.
+IMAGENET_BACKBONE_NAMES = tuple(spec.file for spec in IMAGENET_FILES.values())
 #: The model a training run publishes in its folder.
 RUN_MODEL = "best.keras"
 
@@ -58,6 +60,8 @@ def describe_model(path: Path, name: str, run_dir: Path | None = None) -> ModelE
     """One model file -> ModelEntry; a file that cannot be described is kept as 'broken' with the reason."""
     if path.name in BACKBONE_NAMES:
         return ModelEntry(name, path, KIND_BACKBONE, "course", None)
+    if path.name in IMAGENET_BACKBONE_NAMES:
+        return ModelEntry(name, path, KIND_BACKBONE, "ImageNet (Keras)", None)
     try:
         info = read_model_info(path)
     except CxrError as err:
@@ -74,6 +78,10 @@ def describe_model(path: Path, name: str, run_dir: Path | None = None) -> ModelE
     return ModelEntry(name, path, KIND_MODEL, origin, info, run_dir=run_dir)
 
 
+def _in_vit_preset(path: Path) -> bool:
+    return path.name == "model.weights.h5" and vit_preset_problem(path.parent) is None
+
+
 def discover_models(models_root: str | os.PathLike | None, runs_root: str | os.PathLike | None = None
                     ) -> list[ModelEntry]:
     """Model files under models_root (any depth) and each run's best model under runs_root."""
@@ -81,6 +89,8 @@ def discover_models(models_root: str | os.PathLike | None, runs_root: str | os.P
     root = Path(models_root) if models_root else None
     if root is not None and root.is_dir():
         for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()):
+            if _in_vit_preset(path):  # a keras-hub preset's weights: picked as a folder on the Training page
+                continue
             name = str(path.relative_to(root).with_suffix(""))
             entries.append(describe_model(path, name))
     runs = Path(runs_root) if runs_root else None

@@ -23,13 +23,19 @@ from cxrcore.catalog import describe_folder
 from cxrcore.dataset import parse_split_spec
 from cxrcore.errors import ConfigError
 from cxrcore.labels import LABELS, canonical_label
+from cxrcore.model import BACKBONE_LABELS, BACKBONES  # no Keras import: cxrcore.model imports Keras lazily
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
 
-#: Kept equal to cxrcore.model.BACKBONES (a test checks it) so this module never imports Keras.
-BACKBONES = ("densenet121", "small_cnn")
-#: Dense blocks of DenseNet121 / conv blocks of the small CNN that "last:N" can unfreeze.
-N_BLOCKS = {"densenet121": 4, "small_cnn": 4}
-MIN_INPUT_SIZE = {"densenet121": 32, "small_cnn": 16}
+#: Blocks that "last:N" can unfreeze: DenseNet121's dense blocks, ResNet50's stages conv2..conv5,
+#: EfficientNetV2-S's stages block1..block6, ViT-B/16's transformer layers, the small CNN's conv blocks.
+N_BLOCKS = {"densenet121": 4, "resnet50": 4, "efficientnetv2_s": 6, "vit_b16": 12, "small_cnn": 4}
+#: Layers of each backbone as built here, input layer first, head excluded: the N of "first:N" goes up to
+#: this (cxrcore.model.backbone_layers; a test builds each backbone and checks it). The ViT counts its
+#: patch embedding, 12 transformer layers and final norm after the input and its input scaling.
+N_LAYERS = {"densenet121": 426, "resnet50": 176, "efficientnetv2_s": 513, "vit_b16": 16, "small_cnn": 16}
+MIN_INPUT_SIZE = {"densenet121": 32, "resnet50": 32, "efficientnetv2_s": 32, "vit_b16": 32, "small_cnn": 16}
+#: Backbones that cut images into square patches: the input size must be a multiple of the patch.
+PATCH_SIZE = {"vit_b16": 16}
 MAX_INPUT_SIZE = 1024
 CACHE_MODES = ("auto", "memory", "disk", "none")
 MIXED_PRECISION = ("auto", "on", "off")
@@ -182,12 +188,17 @@ class TrainConfig:
 
     @property
     def freeze_blocks(self) -> int | None:
-        """N of "last:N", 0 for "head", None for "none" (nothing frozen)."""
-        if self.freeze == "none":
-            return None
+        """N of "last:N", 0 for "head", None for "none" and "first:N" (not counted in blocks)."""
         if self.freeze == "head":
             return 0
-        return int(self.freeze.split(":", 1)[1])
+        if self.freeze.startswith("last:"):
+            return int(self.freeze.split(":", 1)[1])
+        return None
+
+    @property
+    def freeze_first(self) -> int | None:
+        """N of "first:N" (the first N backbone layers frozen, the rest trained), else None."""
+        return int(self.freeze.split(":", 1)[1]) if self.freeze.startswith("first:") else None
 
     def augmentation_object(self) -> Augmentation:
         """The Augmentation to train with (Augmentation.none() when off)."""
@@ -328,23 +339,34 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base
     if config.initial_weights != "imagenet":
         return config
     root = Path(models_root or os.environ.get(MODELS_ROOT_ENV) or base / "models")
-    return TrainConfig(**{**asdict(config), "initial_weights": resolve_imagenet_weights(root, source)})
+    weights = resolve_imagenet_weights(root, source, backbone=config.backbone)
+    return TrainConfig(**{**asdict(config), "initial_weights": weights})
 
 
-def resolve_imagenet_weights(models_root: str | os.PathLike, source: str | None = None) -> str:
-    """"imagenet" when Keras has the weights cached or can download them now, else the course's backbone
-    file under models_root (the same ImageNet weights); ConfigError naming every way out otherwise."""
-    from cxrcore.model import COURSE_BACKBONE, find_imagenet_weights
+def resolve_imagenet_weights(models_root: str | os.PathLike, source: str | None = None, *,
+                             backbone: str = "densenet121") -> str:
+    """"imagenet" when Keras (or keras-hub, for the ViT) has the backbone's weights cached or can download them
+    now, else a local copy of the same weights (the course's densenet.hdf5, a ViT preset folder) under
+    models_root, as a path; ConfigError naming every way out otherwise, before anything starts."""
+    from cxrcore.model import COURSE_BACKBONE, IMAGENET_FILES, VIT_PRESET, VIT_PRESET_DIR, find_imagenet_weights
 
-    found = find_imagenet_weights(models_root)
-    if found.source in ("cache", "download"):
+    found = find_imagenet_weights(models_root, backbone=backbone)
+    if found.source == "download" or (found.source == "cache" and backbone != "vit_b16"):
         return "imagenet"
-    if found.source == "course file":
+    if found.path is not None:  # the course's file, a preset folder, keras-hub's cache: no network at all
         return str(found.path)
+    if backbone == "vit_b16":
+        ways = ("connect to the internet once and start again (keras-hub downloads the preset "
+                f"{VIT_PRESET} from Kaggle Models and keeps it in its cache); or copy that preset folder "
+                f"(config.json, model.weights.h5) to {Path(models_root) / VIT_PRESET_DIR}")
+    elif backbone == "densenet121":
+        ways = ("connect to the internet once and start again (Keras keeps the weights in ~/.keras/models); or "
+                f"copy the course's densenet.hdf5 to {Path(models_root) / COURSE_BACKBONE}")
+    else:
+        ways = ("connect to the internet once and start again (Keras keeps the weights in ~/.keras/models); or "
+                f"copy {IMAGENET_FILES[backbone].file} from a computer that has it into ~/.keras/models")
     raise _err("initial_weights", found.note,
-               "connect to the internet once and start again (Keras keeps the weights in ~/.keras/models); or "
-               f"copy the course's densenet.hdf5 to {Path(models_root) / COURSE_BACKBONE}; or set "
-               'initial_weights = "none" (train from scratch); or use the demo preset.', source)
+               f'{ways}; or set initial_weights = "none" (train from scratch); or use the demo preset.', source)
 
 
 def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
@@ -423,6 +445,12 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
     out["backbone"] = _choice(d, "backbone", BACKBONES, source)
     lo = MIN_INPUT_SIZE[out["backbone"]]
     out["input_size"] = _int(d, "input_size", lo, MAX_INPUT_SIZE, source)
+    patch = PATCH_SIZE.get(out["backbone"])
+    if patch and out["input_size"] % patch:
+        near = max(lo, round(out["input_size"] / patch) * patch)
+        raise _err("input_size", f"{BACKBONE_LABELS[out['backbone']]} cuts images into {patch}x{patch} patches, so "
+                   f"the size must be a multiple of {patch}, got {out['input_size']}.",
+                   f"write e.g. input_size = {near} (224 is the size its ImageNet weights were trained at).", source)
     out["batch_size"] = _int(d, "batch_size", 1, 4096, source)
     out["epochs"] = _int(d, "epochs", 1, 10_000, source)
     out["learning_rate"] = _float(d, "learning_rate", 0.0, 1.0, source)
@@ -454,6 +482,15 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
             raise _err("initial_weights", "the small CNN has no ImageNet weights.",
                        'use initial_weights = "none" with backbone = "small_cnn".', source)
         out["initial_weights"] = weights
+    elif out["backbone"] == "vit_b16":
+        from cxrcore.model import VIT_PRESET_DIR, vit_preset_problem
+
+        path = resolve_path(weights, base)
+        problem = vit_preset_problem(path) if path.is_dir() else f"folder not found: {path}."
+        if problem:
+            raise _err("initial_weights", problem, "give a keras-hub ViT-B/16 preset folder (config.json and "
+                       f'model.weights.h5, e.g. models/{VIT_PRESET_DIR.as_posix()}), or "imagenet" or "none".', source)
+        out["initial_weights"] = str(path.resolve())
     else:
         path = resolve_path(weights, base)
         if not path.is_file():
@@ -483,22 +520,25 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
 
 
 def _freeze(value: Any, backbone: str, source: str | None) -> str:
-    blocks = N_BLOCKS[backbone]
-    fix = f'write freeze = "head" (train only the classifier), "last:N" (N = 1..{blocks}: also the last N blocks) ' \
-          'or "none" (train everything).'
+    blocks, layers = N_BLOCKS[backbone], N_LAYERS[backbone]
+    fix = f'write freeze = "head" (train only the classifier), "last:N" (N = 1..{blocks}: also the last N blocks), ' \
+          f'"first:N" (N = 1..{layers}: the first N layers frozen, the rest trained, e.g. "first:50" as in the ' \
+          'course\'s references) or "none" (train everything).'
     if not isinstance(value, str):
         raise _err("freeze", f"must be text, got {value!r}.", fix, source)
     text = value.strip().lower()
     if text in ("head", "none"):
         return text
-    if text.startswith("last:"):
+    mode, _, number = text.partition(":")
+    if mode in ("last", "first"):
+        unit, top = ("blocks", blocks) if mode == "last" else ("layers", layers)
         try:
-            n = int(text.split(":", 1)[1])
+            n = int(number)
         except ValueError:
-            raise _err("freeze", f"{value!r} does not give a number of blocks.", fix, source) from None
-        if not 1 <= n <= blocks:
-            raise _err("freeze", f"{backbone} has {blocks} blocks, got last:{n}.", fix, source)
-        return f"last:{n}"
+            raise _err("freeze", f"{value!r} does not give a number of {unit}.", fix, source) from None
+        if not 1 <= n <= top:
+            raise _err("freeze", f"{BACKBONE_LABELS[backbone]} has {top} {unit}, got {mode}:{n}.", fix, source)
+        return f"{mode}:{n}"
     raise _err("freeze", f"{value!r} is not a freezing mode.", fix, source)
 
 
@@ -570,7 +610,7 @@ def with_changes(config: TrainConfig, **changes: Any) -> TrainConfig:
     return config_from_dict(data)
 
 
-__all__ = ["AUTO_PRESET", "BACKBONES", "CUSTOM", "FIELD_NAMES", "Hardware", "IMAGENET_NOTE", "PRESETS",
-           "PRESET_NOTES", "RESUMABLE_KEYS", "TrainConfig", "auto_preset", "config_from_dict", "detect_hardware",
-           "load_config", "parse_override", "preset_changes", "preset_values", "read_config_file",
-           "resolve_imagenet_weights", "resolve_path", "with_changes"]
+__all__ = ["AUTO_PRESET", "BACKBONES", "BACKBONE_LABELS", "CUSTOM", "FIELD_NAMES", "Hardware", "IMAGENET_NOTE",
+           "N_BLOCKS", "N_LAYERS", "PATCH_SIZE", "PRESETS", "PRESET_NOTES", "RESUMABLE_KEYS", "TrainConfig",
+           "auto_preset", "config_from_dict", "detect_hardware", "load_config", "parse_override", "preset_changes",
+           "preset_values", "read_config_file", "resolve_imagenet_weights", "resolve_path", "with_changes"]

@@ -7,6 +7,7 @@ The two distribution tests start TensorFlow in subprocesses (2 logical CPUs; 2 w
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,7 +92,16 @@ def test_unknown_key_is_rejected_with_a_close_match(shapes):
     ({"batch_size": True}, "batch_size", "whole number"),
     ({"class_weighting": "yes"}, "class_weighting", "true or false"),
     ({"normalization": "zscore"}, "normalization", "sample"),
-    ({"backbone": "resnet50"}, "backbone", "densenet121"),
+    ({"backbone": "resnet"}, "backbone", "did you mean 'resnet50'"),
+    ({"freeze": "first:0"}, "freeze", "DenseNet121 has 426 layers, got first:0"),
+    ({"freeze": "first:427"}, "freeze", '"first:N" (N = 1..426'),
+    ({"freeze": "first:many"}, "freeze", "number of layers"),
+    ({"backbone": "efficientnetv2_s", "freeze": "last:7"}, "freeze", "EfficientNetV2-S has 6 blocks"),
+    ({"backbone": "resnet50", "freeze": "first:177", "initial_weights": "none"}, "freeze", "N = 1..176"),
+    ({"backbone": "vit_b16", "input_size": 40, "initial_weights": "none"}, "input_size", "multiple of 16"),
+    ({"backbone": "vit_b16", "freeze": "last:13", "initial_weights": "none"}, "freeze", "ViT-B/16 has 12 blocks"),
+    ({"backbone": "vit_b16", "input_size": 32, "initial_weights": "train.csv"}, "initial_weights",
+     "keras-hub ViT-B/16 preset folder"),
     ({"backbone": "small_cnn", "initial_weights": "imagenet"}, "initial_weights", '"none"'),
     ({"initial_weights": "weights/missing.h5"}, "initial_weights", "existing .h5"),
     ({"augmentation": {"rotaton": 5}}, "augmentation", "did you mean 'rotation'"),
@@ -228,11 +238,13 @@ def test_cached_keras_weights_come_first_and_are_checked(shapes, no_weights_here
     from cxrcore import model
 
     _course_backbone_stand_in(no_weights_here)
-    cached = tmp_path / "keras" / "models" / model.IMAGENET_WEIGHTS_FILE
+    spec = model.IMAGENET_FILES["densenet121"]
+    cached = tmp_path / "keras" / "models" / spec.file
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
     assert model.cached_imagenet_weights() is None  # wrong checksum: a partial download is not the weights
-    monkeypatch.setattr(model, "IMAGENET_WEIGHTS_MD5", hashlib.md5(b"weights").hexdigest())
+    monkeypatch.setitem(model.IMAGENET_FILES, "densenet121",
+                        dataclasses.replace(spec, md5=hashlib.md5(b"weights").hexdigest()))
     assert model.cached_imagenet_weights() == cached
     assert config_from_dict({"preset": "cpu-classroom", "dataset": str(shapes)}).initial_weights == "imagenet"
 
@@ -262,7 +274,7 @@ def test_online_without_a_cache_keeps_the_download(shapes, no_weights_here, monk
     assert not model.imagenet_weights_reachable() and asked == []  # CXR_OFFLINE=1: never tried
     monkeypatch.setenv("CXR_OFFLINE", "0")
     assert config_from_dict({"preset": "gpu-full", "dataset": str(shapes)}).initial_weights == "imagenet"
-    assert asked == [("HEAD", model.IMAGENET_WEIGHTS_URL, 3.0)]
+    assert asked == [("HEAD", model.IMAGENET_FILES["densenet121"].url, 3.0)]
     assert model.imagenet_weights_reachable() and len(asked) == 1  # remembered: page reruns do not wait
 
     def unreachable(request, timeout):
@@ -334,6 +346,13 @@ def test_freezing_modes_open_the_right_layers(shapes):
     assert "pool4_conv" in trainable and not any(n.startswith(("conv4_", "conv3_", "conv2_", "conv1")) for n in trainable)
     apply_freeze(model, "none", "densenet121")
     assert all(layer.trainable for layer in model.layers)
+    # "first:50": the course's references froze base_model.layers[:50]; the same 50 layers here
+    first = tiny(shapes, backbone="densenet121", initial_weights="none", freeze="first:50")
+    assert first.freeze_first == 50 and first.freeze_blocks is None
+    apply_freeze(model, first.freeze, "densenet121")
+    assert [layer.trainable for layer in model.layers[:51]] == [False] * 50 + [True]
+    assert model.layers[49].name == "pool2_bn"  # the stem, dense block 1 and the first transition's norm
+    assert all(layer.trainable for layer in model.layers[50:])
     small, _ = build_models(tiny(shapes, freeze="last:2"), ("Mass",))
     trainable = {layer.name for layer in small.layers if layer.trainable and layer.weights}
     assert trainable == {"block3_conv", "block3_bn", "block4_conv", "block4_bn", "logits"}
