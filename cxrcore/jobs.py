@@ -4,7 +4,9 @@ A run folder `runs/<run_id>/` holds config.json, status.json (the heartbeat), me
 train.log, checkpoints/, best.keras and train.lock. One process trains a folder at a time: it holds
 an exclusive flock on train.lock for its whole life, which the kernel releases when it dies (even
 on kill -9), so "is it still running?" is answered by the lock and the pid, never by the heartbeat's
-age alone. No TensorFlow here: the app imports this module.
+age alone. At most CXR_MAX_JOBS jobs (default 1) run on one machine: every start counts the live jobs
+and launches under an flock on <runs root>/.jobs.lock (job_slot), so Streamlit sessions, workers and
+the CLI cannot start more between them. No TensorFlow here: the app imports this module.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import atomic_write_text
 
@@ -47,6 +51,13 @@ HEARTBEAT_S = 2.0
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_-]+-[0-9a-f]{4}$")
 #: OSError numbers that mean "no room left to write": a full disk, or the user's quota.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: At most this many training jobs live on this machine at once (default 1); counted across processes.
+MAX_JOBS_ENV = "CXR_MAX_JOBS"
+DEFAULT_MAX_JOBS = 1
+#: The file in the runs root whose flock makes "count the live jobs, then start one" one step.
+SLOTS_FILE = ".jobs.lock"
+#: How long a start waits for another start (a listing and a fork) to finish before giving up.
+SLOT_WAIT_S = 15.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,31 +397,122 @@ def train_command(run_dir: str | os.PathLike, *, resume: bool = False, python: s
     return [exe, "-m", "cxrcore", "train", "--config", str(run_dir / CONFIG_FILE)]
 
 
-def launch(run_dir: str | os.PathLike, *, resume: bool = False, cwd: str | os.PathLike | None = None,
-           env: Mapping[str, str] | None = None, python: str | None = None) -> int:
-    """Start training as a detached process (own session; survives page reloads and app restarts).
+def max_jobs(env: Mapping[str, str] | None = None) -> int:
+    """The most training jobs this machine runs at once: CXR_MAX_JOBS, default 1; ConfigError when invalid."""
+    raw = str((env if env is not None else os.environ).get(MAX_JOBS_ENV, "")).strip()
+    if not raw:
+        return DEFAULT_MAX_JOBS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_JOBS_ENV} must be a whole number of at least 1 (it is {raw!r}).",
+                          fix=f"start the server with e.g. {MAX_JOBS_ENV}=2, or leave it unset for 1 job at a time.")
+    return value
 
-    The launcher takes train.lock first and hands the locked descriptor to the child, so two quick
-    clicks cannot start two jobs; a folder already being trained is refused with a ConfigError.
-    Output goes to <run>/train.log. Returns the pid.
+
+def live_jobs(runs_root: str | os.PathLike) -> list[RunSummary]:
+    """Runs under runs_root queued or running on this machine (by their lock and pid, see effective_state)."""
+    return [r for r in list_runs(runs_root) if not r.broken and r.state in ACTIVE_STATES
+            and r.status.get("host") in (None, "", hostname())]
+
+
+def too_many_jobs(live: list[RunSummary], limit: int) -> ConfigError:
+    """The refusal of a start while `limit` jobs are live."""
+    n = len(live)
+    ids = ", ".join(r.run_id for r in live)
+    return ConfigError(f"{n} training job{'s' if n != 1 else ''} already running (run id{'s' if n != 1 else ''} "
+                       f"{ids}): at most {limit} at a time on this machine ({MAX_JOBS_ENV}).",
+                       fix=f"wait for {'it' if n == 1 else 'one'} to finish or cancel it; the teacher can allow more "
+                           f"by starting the server with {MAX_JOBS_ENV}={limit + 1}.")
+
+
+@contextmanager
+def job_slot(runs_root: str | os.PathLike, *, exclude: str | os.PathLike | None = None,
+             limit: int | None = None, wait_s: float = SLOT_WAIT_S) -> Iterator[None]:
+    """Hold the exclusive flock on <runs root>/.jobs.lock, refuse when `limit` (CXR_MAX_JOBS) jobs are live.
+
+    Every start (each Streamlit session and worker, the CLI) counts and starts under this lock, and the
+    caller takes the new job's train.lock before leaving the block, so two simultaneous starts cannot
+    both see a free slot. `exclude` is the run folder being started (a resume is not counted against
+    itself). ConfigError (too_many_jobs) when the machine is full.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError("this folder is not a run folder (no config.json).", file=str(run_dir),
-                          fix="create it with cxrcore.jobs.create_run or the Training page.")
-    before = summarize_run(run_dir).state
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    root = Path(runs_root)
+    limit = max_jobs() if limit is None else limit
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / SLOTS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError("another training job is being started right now.", file=str(root),
+                                      fix="try again in a moment.") from None
+                time.sleep(0.05)
+        skip = Path(exclude).resolve() if exclude is not None else None
+        live = [r for r in live_jobs(root) if skip is None or r.path.resolve() != skip]
+        if len(live) >= limit:
+            raise too_many_jobs(live, limit)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def take_run_lock(run_dir: str | os.PathLike) -> int:
+    """An open descriptor holding the exclusive flock on <run>/train.lock; ConfigError when another holds it."""
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise already_running(run_dir) from None
+    return fd
+
+
+def start_run(runs_root: str | os.PathLike, config: Any, *, run_id: str | None = None,
+              cwd: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+              python: str | None = None) -> tuple[Path, int]:
+    """Create a run folder for `config` and launch it, both inside job_slot: a start refused because the
+    machine runs CXR_MAX_JOBS jobs already leaves no folder behind. (run folder, pid)."""
+    with job_slot(runs_root):
+        run_dir = create_run(runs_root, config, run_id=run_id)
+        return run_dir, _launch(run_dir, cwd=cwd, env=env, python=python)
+
+
+def launch(run_dir: str | os.PathLike, *, resume: bool = False, cwd: str | os.PathLike | None = None,
+           env: Mapping[str, str] | None = None, python: str | None = None, job_limit: bool = True) -> int:
+    """Start training as a detached process (own session; survives page reloads and app restarts).
+
+    The launcher takes train.lock first and hands the locked descriptor to the child, so two quick
+    clicks cannot start two jobs; a folder already being trained is refused with a ConfigError, and
+    so is any start while CXR_MAX_JOBS jobs run on this machine (job_limit=False skips that count).
+    Output goes to <run>/train.log. Returns the pid.
+    """
+    run_dir = Path(run_dir)
+    if not job_limit:
+        return _launch(run_dir, resume=resume, cwd=cwd, env=env, python=python)
+    with job_slot(run_dir.parent, exclude=run_dir):
+        return _launch(run_dir, resume=resume, cwd=cwd, env=env, python=python)
+
+
+def _launch(run_dir: Path, *, resume: bool = False, cwd: str | os.PathLike | None = None,
+            env: Mapping[str, str] | None = None, python: str | None = None) -> int:
+    """launch() without the job count; the child's environment never holds the teacher passcode."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError("this folder is not a run folder (no config.json).", file=str(run_dir),
+                          fix="create it with cxrcore.jobs.create_run or the Training page.")
+    before = summarize_run(run_dir).state
+    fd = take_run_lock(run_dir)
     try:
         status = StatusWriter(run_dir)
         status.update(force=True, state="queued", pid=None, host=hostname(), error=None,
                       message="resuming" if resume else "starting", queued=time.time(),
                       resumed_from=before if resume else None)
-        child_env = {**os.environ, **(env or {}), LOCK_FD_ENV: str(fd), "PYTHONUNBUFFERED": "1"}
+        child_env = {**without_passcode({**os.environ, **(env or {})}), LOCK_FD_ENV: str(fd), "PYTHONUNBUFFERED": "1"}
         root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
         with open(run_dir / LOG_FILE, "ab") as log:
@@ -465,7 +567,7 @@ def run_probe(config: Any, *, batches: int = 4, timeout_s: float = PROBE_TIMEOUT
         path.write_text(config.to_json(), encoding="utf-8")
         command = [sys.executable, "-m", "cxrcore", "train", "--probe", "--config", str(path), "--format", "json",
                    "--probe-batches", str(int(batches))]
-        child_env = {**os.environ, **(env or {}), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        child_env = {**without_passcode({**os.environ, **(env or {})}), "TF_CPP_MIN_LOG_LEVEL": "2"}
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
         try:
             done = subprocess.run(command, cwd=root, env=child_env, capture_output=True, text=True,
@@ -691,6 +793,7 @@ def tf_config_role(env: Mapping[str, str] | None = None) -> tuple[bool, bool, in
 
 __all__ = ["ACTIVE_STATES", "RunLock", "RunSummary", "STATES", "StatusWriter", "already_running", "append_metrics_row",
            "atomic_write_json", "atomic_write_text", "cancel", "create_run", "disk_full_error", "effective_state",
-           "is_disk_full", "launch", "list_runs", "lock_held", "lock_info", "log_tail", "new_run_id", "pid_alive",
-           "read_json", "read_metrics", "rewrite_in_place", "run_probe", "summarize_run", "tf_config_role",
-           "train_command", "truncate_metrics"]
+           "is_disk_full", "job_slot", "launch", "list_runs", "live_jobs", "lock_held", "lock_info", "log_tail",
+           "max_jobs", "new_run_id", "pid_alive", "read_json", "read_metrics", "rewrite_in_place", "run_probe",
+           "start_run", "summarize_run", "take_run_lock", "tf_config_role", "too_many_jobs", "train_command",
+           "truncate_metrics"]

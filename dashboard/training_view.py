@@ -3,7 +3,8 @@
 Jobs run as detached processes (`cxrcore.jobs.launch`): closing the page or restarting the app does
 not stop them, and the page finds them again from runs/<id>/status.json. The live view is an
 `st.fragment` that re-reads status.json, metrics.csv and train.log every POLL_S seconds while a run
-is active; a run whose process is gone shows as interrupted at the next poll.
+is active; a run whose process is gone shows as interrupted at the next poll. On a shared server the
+start, resume, cancel and probe controls are the teacher's (dashboard/teacher.py); students see the runs.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from cxrcore import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
-from cxrcore.trainconfig import (BACKBONES, CUSTOM, N_BLOCKS, PRESET_NOTES, PRESETS, TrainConfig, auto_preset,
-                                 config_from_dict, detect_hardware)
+from cxrcore.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
+                                 TrainConfig, auto_preset, config_from_dict, detect_hardware)
 from dashboard.charts import CLASS_COLORS
 from dashboard.loaders import ActiveDataset
 from dashboard.models import model_entries
 from dashboard.state import APP_ROOT, models_root, runs_root
+from dashboard.teacher import READ_ONLY_NOTE, can_control_jobs, require_job_control
 from dashboard.widgets import teaching_note, user_errors
 
 #: Seconds between refreshes of the live run view.
@@ -95,9 +97,10 @@ def trained_runs() -> list[jobs.RunSummary]:
 
 
 def start_run(config: TrainConfig) -> Path:
-    """Create a run folder for `config` and launch it detached; remember it as the selected run."""
-    run_dir = jobs.create_run(runs_root(), config)
-    pid = jobs.launch(run_dir, cwd=APP_ROOT)
+    """Create a run folder for `config` and launch it detached (teacher mode on a shared server; at most
+    CXR_MAX_JOBS jobs on the machine); remember it as the selected run."""
+    require_job_control("starting a training run")
+    run_dir, pid = jobs.start_run(runs_root(), config, cwd=APP_ROOT)
     st.session_state[SELECTED_KEY] = run_dir.name
     st.session_state[NOTICE_KEY] = (f"Started run **{run_dir.name}** (process {pid}). It keeps running if you close "
                                     "this page or restart the app; follow it below.")
@@ -124,6 +127,9 @@ def render_demo_offer(dataset: ActiveDataset | None, *, key: str = "train_demo")
                     "laptop CPU, saved in runs/ like any other run.")
         if dataset is None or dataset.entry is None:
             st.caption("Choose a dataset folder (e.g. data/demo, made by `make run`) in the sidebar first.")
+            return
+        if not can_control_jobs():
+            st.caption(READ_ONLY_NOTE)
             return
         if st.button("Train the demo model", key=key, type="primary", icon=":material/rocket_launch:"):
             with user_errors("starting the demo model"):
@@ -157,7 +163,11 @@ def _settings_widgets(preset: str, entry_splits: list[str], pair: tuple[str, str
                                            "stops early. Keep the test split for the Results page.")
     out["name"] = c3.text_input("Run name (optional)", value="", key=k + "name", max_chars=80)
     c1, c2, c3, c4 = st.columns(4)
-    out["backbone"] = c1.selectbox("Backbone", BACKBONES, index=BACKBONES.index(d["backbone"]), key=k + "backbone")
+    out["backbone"] = c1.selectbox("Backbone", BACKBONES, index=BACKBONES.index(d["backbone"]), key=k + "backbone",
+                                   format_func=BACKBONE_LABELS.get,
+                                   help="ImageNet CNNs (DenseNet121 as in the course, ResNet50, EfficientNetV2-S), "
+                                        "a vision transformer (ViT-B/16, 224 px, multiples of 16) or a small CNN "
+                                        "trained from scratch.")
     out["input_size"] = int(c2.number_input("Image size (px)", 16, 1024, int(d["input_size"]), 16, key=k + "input_size"))
     out["batch_size"] = int(c3.number_input("Batch size (per device)", 1, 1024, int(d["batch_size"]), 1,
                                             key=k + "batch_size"))
@@ -165,13 +175,7 @@ def _settings_widgets(preset: str, entry_splits: list[str], pair: tuple[str, str
     c1, c2, c3, c4 = st.columns(4)
     out["learning_rate"] = float(c1.number_input("Learning rate", 1e-7, 1.0, float(d["learning_rate"]), 1e-4,
                                                  format="%.1e", key=k + "learning_rate"))
-    blocks = N_BLOCKS[out["backbone"]]
-    freeze_options = ["head", *[f"last:{n}" for n in range(1, blocks + 1)], "none"]
-    freeze_labels = {"head": "head only (backbone frozen)", "none": "nothing (train all layers)",
-                     **{f"last:{n}": f"head + last {n} block{'s' if n > 1 else ''}" for n in range(1, blocks + 1)}}
-    out["freeze"] = c2.selectbox("Trainable layers", freeze_options, format_func=freeze_labels.get,
-                                 index=freeze_options.index(d["freeze"]) if d["freeze"] in freeze_options else 0,
-                                 key=k + "freeze")
+    out["freeze"] = _freeze_widgets(c2, out["backbone"], d["freeze"], key=k + f"freeze_{out['backbone']}")
     out["normalization"] = c3.selectbox("Normalization", NORMALIZATION_MODES,
                                         index=NORMALIZATION_MODES.index(d["normalization"]), key=k + "normalization",
                                         help="sample: each image to mean 0, std 1 (the course). dataset: mean/std "
@@ -180,14 +184,21 @@ def _settings_widgets(preset: str, entry_splits: list[str], pair: tuple[str, str
                                        key=k + "class_weighting",
                                        help="w_pos = frequency of negatives, w_neg = frequency of positives.")
     c1, c2 = st.columns([1, 3])
-    weight_options = ["imagenet", "none", "a file"]
-    default_weights = d["initial_weights"] if d["initial_weights"] in ("imagenet", "none") else "a file"
+    vit = out["backbone"] == "vit_b16"
+    weight_options = ["imagenet", "none", "a preset folder" if vit else "a file"]
+    default_weights = d["initial_weights"] if d["initial_weights"] in ("imagenet", "none") else weight_options[2]
     choice = c1.selectbox("Initial weights", weight_options, index=weight_options.index(default_weights),
-                          key=k + "weights")
-    if choice == "a file":
+                          key=k + ("weights_vit" if vit else "weights"))  # other options: its own widget
+    if choice == "a preset folder":
+        out["initial_weights"] = _vit_preset_folder(c2, d["initial_weights"], key=k + "weights_preset")
+    elif choice == "a file":
         out["initial_weights"] = _weights_file(c2, d["initial_weights"], key=k + "weights_file")
     else:
         out["initial_weights"] = choice
+        if choice == "imagenet" and out["backbone"] != "small_cnn":
+            found = weights_source(out["backbone"])
+            if found.source != "unavailable":  # unavailable: the settings error below says it and the ways out
+                c2.caption(found.note[0].upper() + found.note[1:])
     with st.expander("Augmentation", icon=":material/tune:"):
         aug = d["augmentation"] or Augmentation.none().to_dict()
         on = st.toggle("Augment training images", value=d["augmentation"] is not None, key=k + "aug_on")
@@ -247,17 +258,22 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
                   "head is fast and needs little data; unfreezing the last blocks adapts the features to X-rays.\n"
                   "- The **validation split** picks the best epoch (mean AUROC), lowers the learning rate when it "
                   "stalls, and stops early. Never use the test split for this, or its AUROC is optimistic.")
+    allowed = can_control_jobs()  # the probe, too, takes the machine's CPU for a while
     c1, c2, _ = st.columns([1, 1, 2])
-    probe_clicked = c1.button("Estimate time per epoch", key="train_probe_button", disabled=config is None,
-                              icon=":material/timer:", help="Times a few real training batches on this machine.")
-    start_clicked = c2.button("Start training", key="train_start", type="primary", disabled=config is None,
-                              icon=":material/play_arrow:")
+    probe_clicked = c1.button("Estimate time per epoch", key="train_probe_button",
+                              disabled=config is None or not allowed, icon=":material/timer:",
+                              help="Times a few real training batches on this machine.")
+    start_clicked = c2.button("Start training", key="train_start", type="primary",
+                              disabled=config is None or not allowed, icon=":material/play_arrow:")
+    if not allowed:
+        st.caption(READ_ONLY_NOTE)
     if config is None:
         return
     fingerprint = hashlib.sha1(config.to_json().encode()).hexdigest()
     if probe_clicked:
         with user_errors("estimating the time per epoch"), \
                 st.spinner("Timing a few batches (starts TensorFlow in a separate process)..."):
+            require_job_control("estimating the time per epoch")
             st.session_state[PROBE_KEY] = (fingerprint, jobs.run_probe(config, cwd=APP_ROOT))
     probe = st.session_state.get(PROBE_KEY)
     if probe and probe[0] == fingerprint:
@@ -391,28 +407,81 @@ def render_run(run: jobs.RunSummary) -> None:
 
 
 def _render_actions(run: jobs.RunSummary) -> None:
+    """Cancel / force stop while a run is active, resume after it stopped: for the teacher on a shared server."""
     key = run.run_id
     s = run.status
+    if run.state not in (*jobs.ACTIVE_STATES, "interrupted", "cancelled", "failed"):
+        return
+    if not can_control_jobs():
+        st.caption(READ_ONLY_NOTE)
+        return
     c1, c2, _ = st.columns([1, 1, 3])
     if run.state in jobs.ACTIVE_STATES:
         requested = s.get("cancel_requested")
         if c1.button("Cancel", key=f"train_cancel_{key}", icon=":material/stop_circle:",
                      help="Stops after the current batch; the process saves a checkpoint, so you can resume."):
-            if jobs.cancel(run.path):
-                st.toast("Cancel sent: the job saves what it has and stops.")
-            else:
-                st.toast("The process is already gone.")
+            with user_errors("cancelling"):
+                require_job_control("cancelling a training run")
+                if jobs.cancel(run.path):
+                    st.toast("Cancel sent: the job saves what it has and stops.")
+                else:
+                    st.toast("The process is already gone.")
         if requested and time.time() - float(requested) > 15:
             if c2.button("Force stop", key=f"train_kill_{key}", icon=":material/dangerous:",
                          help="SIGKILL: stops at once without saving (resume restarts the unfinished epoch)."):
-                jobs.cancel(run.path, force=True)
+                with user_errors("stopping"):
+                    require_job_control("stopping a training run")
+                    jobs.cancel(run.path, force=True)
     elif run.state in ("interrupted", "cancelled", "failed"):
         if c1.button("Resume", key=f"train_resume_{key}", icon=":material/play_arrow:",
                      help="Continue from the last checkpoint, in the same run folder."):
             with user_errors("resuming"):
+                require_job_control("resuming a training run")
                 pid = jobs.launch(run.path, resume=True, cwd=APP_ROOT)
                 st.session_state[NOTICE_KEY] = f"Resumed run **{run.run_id}** (process {pid})."
                 st.rerun(scope="app")
+
+
+def _freeze_widgets(column: Any, backbone: str, default: str, *, key: str) -> str:
+    """Which layers train: head only, head + the last N blocks, all but the first N layers, or everything."""
+    blocks, layers = N_BLOCKS[backbone], N_LAYERS[backbone]
+    options = ["head", *[f"last:{n}" for n in range(1, blocks + 1)], "first", "none"]
+    labels = {"head": "head only (backbone frozen)", "none": "nothing frozen (train all layers)",
+              "first": "all but the first N layers",
+              **{f"last:{n}": f"head + last {n} block{'s' if n > 1 else ''}" for n in range(1, blocks + 1)}}
+    mode = "first" if default.startswith("first:") else default
+    choice = column.selectbox("Trainable layers", options, format_func=labels.get,
+                              index=options.index(mode) if mode in options else 0, key=key,
+                              help="The course's references froze the first 50 layers of DenseNet121.")
+    if choice != "first":
+        return choice
+    start = int(default.split(":", 1)[1]) if default.startswith("first:") else min(50, layers)
+    n = column.number_input(f"Frozen first layers (of {layers})", 1, layers, min(start, layers), 1, key=key + "_n",
+                            help="Counted in order from the input layer, as `base_model.layers[:N]` does.")
+    return f"first:{int(n)}"
+
+
+def weights_source(backbone: str):
+    """Where the backbone's ImageNet weights would come from now (cache, course file, preset, download)."""
+    from cxrcore.model import find_imagenet_weights
+
+    return find_imagenet_weights(models_root(), backbone=backbone)
+
+
+def _vit_preset_folder(column: Any, current: str, *, key: str) -> str:
+    """A keras-hub ViT-B/16 preset folder (config.json + model.weights.h5) picked from those under models/."""
+    from cxrcore.model import VIT_PRESET_DIR, vit_preset_problem
+
+    root = models_root()
+    folders = sorted(str(p.parent) for p in Path(root).rglob("config.json") if vit_preset_problem(p.parent) is None) \
+        if Path(root).is_dir() else []
+    if not folders:
+        column.info(f"No ViT-B/16 preset folder under {root}: copy keras-hub's preset (config.json, "
+                    f"model.weights.h5) to {Path(root) / VIT_PRESET_DIR}.")
+        return "(no preset folder under models/)"
+    index = folders.index(current) if current in folders else 0
+    return column.selectbox("ViT-B/16 preset folder under models/", folders, index=index, key=key,
+                            format_func=lambda f: str(Path(f).relative_to(root)))
 
 
 def _weights_file(column: Any, current: str, *, key: str) -> str:

@@ -6,6 +6,7 @@ page_guard()
 import streamlit as st
 
 from dashboard.loaders import active_dataset
+from dashboard.teacher import render_teacher_access
 from dashboard.training_view import render_demo_offer, render_hardware, render_new_run, render_runs
 from dashboard.widgets import teaching_note, user_errors
 
@@ -13,6 +14,7 @@ st.title("Training")
 st.caption("Train the 14-label classifier with the course's weighted loss. Jobs run in the background: they keep "
            "going when you close this page, and show up here again.")
 render_hardware()
+render_teacher_access()
 dataset = None
 with user_errors("loading the dataset"):
     dataset = active_dataset()

@@ -153,3 +153,28 @@ def test_broken_and_interrupted_runs_are_listed_and_a_running_one_can_be_cancell
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
+
+
+def test_backbones_first_n_freezing_and_where_the_weights_come_from(app_data_root, monkeypatch, tmp_path):
+    at = open_training(monkeypatch, app_data_root, tmp_path / "runs", CXR_MODELS_ROOT=str(tmp_path / "models"),
+                       KAGGLEHUB_CACHE=str(tmp_path / "kagglehub"))
+    k = "train_cpu-classroom_"
+    assert "ViT-B/16" in at.selectbox(key=k + "backbone").options
+    at.selectbox(key=k + "backbone").set_value("resnet50").run()
+    assert any("ImageNet weights of ResNet50 are downloaded (about 95 MB)" in c for c in texts(at.caption))
+    at.selectbox(key=k + "freeze_resnet50").set_value("first").run()
+    frozen = at.number_input(key=k + "freeze_resnet50_n")
+    assert frozen.value == 50 and "(of 176)" in frozen.label  # the references' 50, of ResNet50's 176 layers
+    frozen.set_value(60).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert not at.button(key="train_start").disabled
+    # ViT-B/16 offline: refused before Start, naming where its preset folder goes
+    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: False)
+    at.selectbox(key=k + "backbone").set_value("vit_b16").run()
+    errors = texts(at.error)
+    assert any("ViT-B/16" in e and str(tmp_path / "models" / "keras-hub") in e for e in errors), errors
+    assert at.button(key="train_start").disabled
+    at.selectbox(key=k + "weights_vit").set_value("a preset folder").run()
+    assert any("No ViT-B/16 preset folder under" in i for i in texts(at.info))
+    at.selectbox(key=k + "weights_vit").set_value("none").run()
+    assert not at.error and not at.button(key="train_start").disabled

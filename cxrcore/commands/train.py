@@ -8,6 +8,10 @@
     python -m cxrcore train --config FILE --dry-run                 validate and print the resolved config
     python -m cxrcore train --list [--format json]                  runs with their state
 
+At most CXR_MAX_JOBS training jobs (default 1) run on this machine at once, counted with the ones the
+Training page started; a further start is refused (exit 2). A teacher at the terminal can go past the
+limit with --ignore-job-limit.
+
 FILE is TOML or JSON (keys: see cxrcore/trainconfig.py, TrainConfig). A run folder holds config.json,
 run.json (data fingerprints, labels, class weights), status.json (heartbeat), metrics.csv, train.log
 (when launched by the page), checkpoints/, best.keras (+ best.json) and tensorboard/.
@@ -24,8 +28,8 @@ import sys
 from pathlib import Path
 
 NAME = "train"
-HELP = ("Train DenseNet121 (or the small demo CNN) with the weighted loss into runs/<id>/; resume, "
-        "probe the time per epoch, or list runs.")
+HELP = ("Train a classifier (DenseNet121, ResNet50, EfficientNetV2-S, ViT-B/16 or the small demo CNN) with "
+        "the weighted loss into runs/<id>/; resume, probe the time per epoch, or list runs.")
 EXIT_CANCELLED = 130
 
 
@@ -44,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="only validate the config and print it resolved")
     parser.add_argument("--list", action="store_true", help="list the runs under the runs root")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--ignore-job-limit", action="store_true",
+                        help="start even when CXR_MAX_JOBS training jobs (default 1) already run on this machine")
 
 
 def runs_root(args: argparse.Namespace) -> Path:
@@ -103,7 +109,7 @@ def _resume(args: argparse.Namespace) -> int:
         if changes:
             config = with_changes(config, **changes)
             atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
-    return _train(run_dir, config, resume=True)
+    return _train(run_dir, config, resume=True, job_limit=not args.ignore_job_limit)
 
 
 @contextlib.contextmanager
@@ -120,8 +126,29 @@ def _failure_recorded(run_dir: Path):
         raise
 
 
-def _train(run_dir: Path, config, *, resume: bool) -> int:
+def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
+    """Count this job against CXR_MAX_JOBS and take its train.lock in the same step (jobs.job_slot); the
+    locked descriptor goes to run_job the way a launcher hands it over. A refused new folder is removed."""
+    from cxrcore.errors import ConfigError
+    from cxrcore.jobs import job_slot, take_run_lock, tf_config_role
+
+    if os.environ.get(LOCK_FD_ENV) or not tf_config_role()[1]:
+        return  # launched by the Training page (counted there), or a multi-worker helper (the chief counts)
+    try:
+        with job_slot(run_dir.parent, exclude=run_dir):
+            os.environ[LOCK_FD_ENV] = str(take_run_lock(run_dir))
+    except ConfigError:
+        if created:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(run_dir: Path, config, *, resume: bool, job_limit: bool = True) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if job_limit:
+        _claim_job_slot(run_dir, created=False)
     from cxrcore.training import run_job
 
     result = run_job(run_dir, config, resume=resume)
@@ -170,10 +197,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else prepared
     _multi, chief, _index = tf_config_role()
+    created = False
     if run_dir is not None and (run_dir / STATUS_FILE).is_file():
         state = read_json(run_dir / STATUS_FILE).get("state")
         if not chief:  # a multi-worker helper: the chief owns the folder and its state
-            return _train(run_dir, config, resume=False)
+            return _train(run_dir, config, resume=False, job_limit=False)
         if state != "queued":
             raise ConfigError(f"this run folder has been trained already (state {state}).", file=str(run_dir),
                               fix=f"continue it with --resume {run_dir}, or start a new run.")
@@ -190,7 +218,11 @@ def run(args: argparse.Namespace) -> int:
         if run_dir.exists():
             run_dir.rmdir()
         run_dir = create_run(run_dir.parent, config, run_id=run_dir.name)
+        created = True
     else:
         run_dir = create_run(runs_root(args), config)
+        created = True
+    if not args.ignore_job_limit:
+        _claim_job_slot(run_dir, created=created)
     print(f"training into {run_dir}", file=sys.stderr, flush=True)
-    return _train(run_dir, config, resume=False)
+    return _train(run_dir, config, resume=False, job_limit=False)
