@@ -196,6 +196,19 @@ def lock_info(run_dir: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
+def flock_within(fd: int, wait_s: float, *, poll_s: float = 0.1) -> bool:
+    """Take an exclusive flock on `fd`, retrying for up to `wait_s` seconds; False when still held by another."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
+
 class RunLock:
     """The exclusive flock on `<run>/train.lock`, held for a training process's whole life."""
 
@@ -221,16 +234,9 @@ class RunLock:
                 lock.write_owner()
                 return lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise already_running(run_dir) from None
-                time.sleep(0.1)
+        if not flock_within(fd, wait_s, poll_s=0.1):
+            os.close(fd)
+            raise already_running(run_dir)
         lock = cls(run_dir, fd)
         lock.write_owner()
         return lock
@@ -443,16 +449,9 @@ def job_slot(runs_root: str | os.PathLike, *, exclude: str | os.PathLike | None 
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / SLOTS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ConfigError("another training job is being started right now.", file=str(root),
-                                      fix="try again in a moment.") from None
-                time.sleep(0.05)
+        if not flock_within(fd, wait_s, poll_s=0.05):
+            raise ConfigError("another training job is being started right now.", file=str(root),
+                              fix="try again in a moment.")
         skip = Path(exclude).resolve() if exclude is not None else None
         live = [r for r in live_jobs(root) if skip is None or r.path.resolve() != skip]
         if len(live) >= limit:
