@@ -1,7 +1,9 @@
 """Class activation maps: where in the image the model found the evidence for a class.
 
 Three methods, all returning maps at the resolution of a convolutional layer, then upsampled to the
-image, ReLU'd and normalized to [0, 1] per map:
+image, ReLU'd and normalized to [0, 1] per map (the gradient methods on the input pixels, "gradient",
+"smoothgrad" and "integrated-gradients", live in cxrcore.saliency and return maps in the same
+convention; `raw_maps` dispatches to them, `supported_methods` says which methods a model has):
 
 * "cam" (Zhou et al. 2016), the fast path for the standard head (feature map -> global average
   pooling -> Dense): map_k = sum_c A_c * W[c, k]. One forward pass gives all 14 maps.
@@ -35,9 +37,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
     from cxrcore.model import LoadedModel
+    from cxrcore.saliency import SaliencyOptions
 
-METHODS = ("cam", "gradcam", "gradcam++")
-METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+#: Methods that read a convolutional feature map (CAM needs the GAP + Dense head on it).
+CAM_METHODS = ("cam", "gradcam", "gradcam++")
+#: Methods on the input pixels (cxrcore.saliency): any model, convolutional or not.
+GRADIENT_METHODS = ("gradient", "smoothgrad", "integrated-gradients")
+METHODS = CAM_METHODS + GRADIENT_METHODS
+METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "gradient": "Gradient",
+                 "smoothgrad": "SmoothGrad", "integrated-gradients": "Integrated Gradients"}
 TARGETS = ("logit", "probability")
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
@@ -346,11 +354,54 @@ def check_method(method: str) -> str:
     return method
 
 
-def raw_maps(loaded: "LoadedModel", x: np.ndarray, indices: Sequence[int], *, method: str = "cam",
-             layer: str | None = None, target: str = "logit", chunk: int = 16) -> tuple[np.ndarray, np.ndarray, str]:
-    """Signed low-resolution maps (N, K, h, w), outputs in model order (N, n_out) and the layer used,
-    for prepared inputs `x` and model output `indices`."""
+def method_support(loaded: "LoadedModel") -> dict[str, str | None]:
+    """For every method, None when the model supports it, else why not (in words for the user).
+
+    CAM needs a 4-D feature map read by GlobalAveragePooling2D + Dense; Grad-CAM(++) need a 4-D map
+    and that head too (the class score is rebuilt from it); the gradient methods work on any model.
+    """
+    try:
+        cam_model(loaded.model)  # finds the 4-D map feeding GlobalAveragePooling2D and the Dense reading it
+        reason = None
+    except ModelError as err:
+        reason = err.problem
+    return {method: None if method in GRADIENT_METHODS else reason for method in METHODS}
+
+
+def supported_methods(loaded: "LoadedModel") -> tuple[str, ...]:
+    """The methods this model supports, in METHODS order (the gradient methods always)."""
+    return tuple(method for method, reason in method_support(loaded).items() if reason is None)
+
+
+def describe_method(method: str, saliency_options: "SaliencyOptions | None" = None) -> str:
+    """The method's title with the settings that shape its maps, e.g. 'SmoothGrad (25 samples, noise 0.15)'."""
     check_method(method)
+    if method in ("smoothgrad", "integrated-gradients"):
+        from cxrcore.saliency import SaliencyOptions
+
+        return f"{METHOD_TITLES[method]} ({(saliency_options or SaliencyOptions()).describe(method)})"
+    return METHOD_TITLES[method]
+
+
+def raw_maps(loaded: "LoadedModel", x: np.ndarray, indices: Sequence[int], *, method: str = "cam",
+             layer: str | None = None, target: str = "logit", chunk: int | None = None,
+             saliency_options: "SaliencyOptions | None" = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Signed low-resolution maps (N, K, h, w), outputs in model order (N, n_out) and the layer used,
+    for prepared inputs `x` and model output `indices`.
+
+    Gradient methods give (N, K, S, S) maps on the input (layer "input"); `saliency_options`
+    (cxrcore.saliency.SaliencyOptions) sets SmoothGrad's samples and noise and IG's steps.
+    """
+    check_method(method)
+    if method in GRADIENT_METHODS:
+        from cxrcore import saliency
+
+        if layer not in (None, saliency.INPUT_LAYER):
+            raise ConfigError(f"{METHOD_TITLES[method]} works on the input pixels, not on layer {layer!r}.",
+                              fix="leave the layer out (layers apply to Grad-CAM and Grad-CAM++).")
+        maps, out = saliency.raw_maps(loaded, x, indices, method=method, target=target, options=saliency_options,
+                                      chunk=chunk or saliency.DEFAULT_CHUNK)
+        return maps, out, saliency.INPUT_LAYER
     cm = cam_model(loaded.model)
     used = layer or cm.feature_layer
     if method == "cam":
@@ -361,17 +412,18 @@ def raw_maps(loaded: "LoadedModel", x: np.ndarray, indices: Sequence[int], *, me
         maps, out = cm.class_maps(x, indices)
     else:
         maps, out = cm.grad_maps(x, indices, layer=used, plus_plus=method == "gradcam++", target=target,
-                                 chunk=chunk)
+                                 chunk=chunk or 16)
     return maps, out, used
 
 
 def explain_batch(loaded: "LoadedModel", images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *,
                   method: str = "cam", layer: str | None = None, smooth: float = 0.0,
                   sizes: Sequence[tuple[int, int]] | None = None, target: str = "logit",
-                  batch_size: int = 16) -> list[ImageMaps]:
+                  batch_size: int = 16, saliency_options: "SaliencyOptions | None" = None) -> list[ImageMaps]:
     """Maps of `labels` (all the model predicts when None) for [0, 1] grayscale images of any size.
 
     Each image's maps come back at its own (H, W), or at `sizes[i]` (e.g. a display size).
+    saliency_options: SmoothGrad / Integrated Gradients settings (cxrcore.saliency.SaliencyOptions).
     """
     from cxrcore.model import reorder_outputs
 
@@ -384,21 +436,25 @@ def explain_batch(loaded: "LoadedModel", images: Sequence[np.ndarray], labels: S
     for start in range(0, len(images), max(1, int(batch_size))):
         part = images[start:start + max(1, int(batch_size))]
         x = loaded.prepare(part)
-        maps, out, used = raw_maps(loaded, x, indices, method=method, layer=layer, target=target)
+        maps, out, used = raw_maps(loaded, x, indices, method=method, layer=layer, target=target,
+                                   saliency_options=saliency_options)
         probs = reorder_outputs(out, loaded.info.labels)
         for i, img in enumerate(part):
             size = tuple(sizes[start + i]) if sizes is not None else tuple(np.shape(img)[:2])
             results.append(ImageMaps(maps=postprocess(maps[i], size, smooth=smooth), labels=names,
-                                     probs=probs[i], method=method, layer=used))
+                                     probs=probs[i], method=method, layer=used,
+                                     extra={"description": describe_method(method, saliency_options)}))
     return results
 
 
 def explain(loaded: "LoadedModel", image: np.ndarray, labels: Sequence[str] | None = None, *,
             method: str = "cam", layer: str | None = None, smooth: float = 0.0,
-            size: tuple[int, int] | None = None, target: str = "logit") -> ImageMaps:
+            size: tuple[int, int] | None = None, target: str = "logit",
+            saliency_options: "SaliencyOptions | None" = None) -> ImageMaps:
     """Maps of one [0, 1] grayscale image for `labels` (see `explain_batch`)."""
     return explain_batch(loaded, [image], labels, method=method, layer=layer, smooth=smooth,
-                         sizes=None if size is None else [size], target=target)[0]
+                         sizes=None if size is None else [size], target=target,
+                         saliency_options=saliency_options)[0]
 
 
 def top_labels(probs: np.ndarray, k: int, *, available: Sequence[str] = LABELS) -> list[str]:
@@ -535,7 +591,8 @@ def explanation_figure(image: np.ndarray, result: ImageMaps, *, opacity: float =
     return figure(panels, titles, columns=columns, panel_size=panel_size)
 
 
-__all__ = ["COLORMAPS", "CamModel", "ImageMaps", "METHODS", "METHOD_TITLES", "cam_model", "check_method", "colorize",
-           "draw_boxes", "explain", "explain_batch", "explanation_figure", "figure", "gray_rgb", "map_layers",
-           "normalize_maps", "output_indices", "overlay", "png_bytes", "postprocess", "raw_maps", "top_labels",
+__all__ = ["CAM_METHODS", "COLORMAPS", "CamModel", "GRADIENT_METHODS", "ImageMaps", "METHODS", "METHOD_TITLES",
+           "cam_model", "check_method", "colorize", "describe_method", "draw_boxes", "explain", "explain_batch",
+           "explanation_figure", "figure", "gray_rgb", "map_layers", "method_support", "normalize_maps",
+           "output_indices", "overlay", "png_bytes", "postprocess", "raw_maps", "supported_methods", "top_labels",
            "upsample_maps"]

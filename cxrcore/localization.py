@@ -7,10 +7,17 @@ Against a box (x, y, w, h in the map's pixels):
   holds the maximum, and its bounding box; scored by IoU and by IoBB = intersection / area of the
   map's box (Wang et al. 2017, ChestX-ray8), with accuracy = share of boxes with IoBB >= T.
 Faithfulness (deletion): mask the top k% most salient cells of the image and see how much the
-predicted probability drops, against masking the same number of random cells.
+predicted probability drops, against masking the same number of random cells. Deletion / insertion
+curves (Petsiuk et al. 2018, RISE): the probability as the most salient cells are removed one step
+at a time (a faithful map makes it fall fast: low area under the curve) or put back into a blurred
+image (it rises fast: high area), each against a random cell order.
+Agreement of two maps of the same image: Spearman rank correlation of their pixels and the overlap
+(IoU) of their top 10% pixels.
+Every function takes a map (H, W) in [0, 1] from any method (CAM, Grad-CAM, the gradient methods).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import cv2
@@ -21,6 +28,7 @@ from cxrcore.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.model import LoadedModel
+    from cxrcore.saliency import SaliencyOptions
 
 Box = tuple[float, float, float, float]
 #: T(IoBB) thresholds reported as in Wang et al. 2017 (0.1 ... 0.7).
@@ -151,12 +159,14 @@ def localize_images(loaded: "LoadedModel", images: Sequence[str], boxes: pd.Data
                     tolerance: float = 0.0, smooth: float = 0.0, limit: int | None = 512, batch_size: int = 8,
                     read: Callable[[str], np.ndarray] | None = None,
                     on_maps: Callable[[str, np.ndarray, object], None] | None = None,
-                    progress: ProgressCallback | None = None) -> pd.DataFrame:
+                    progress: ProgressCallback | None = None, saliency_options: "SaliencyOptions | None" = None
+                    ) -> pd.DataFrame:
     """Score the maps of every boxed (image, class) among `images` against its box(es): one row per
     (image, class), a hit when the map's peak is in any box of that class (`tolerance` pixels of slack).
 
     Maps are computed at the image size scaled to at most `limit` pixels (boxes scaled alike, the
     scores do not depend on it); `on_maps(name, image, ImageMaps)` sees each image's maps (to save them).
+    Any method of cxrcore.cam.METHODS; saliency_options sets SmoothGrad / Integrated Gradients.
     """
     import os
 
@@ -180,7 +190,8 @@ def localize_images(loaded: "LoadedModel", images: Sequence[str], boxes: pd.Data
             results = explain_batch(loaded, imgs, union, method=method, layer=layer, smooth=smooth, sizes=sizes)
         else:  # gradients cost per class: only each image's own classes
             results = [explain_batch(loaded, [img], labels, method=method, layer=layer, smooth=smooth,
-                                     sizes=[size])[0] for img, labels, size in zip(imgs, wanted_labels, sizes)]
+                                     sizes=[size], saliency_options=saliency_options)[0]
+                       for img, labels, size in zip(imgs, wanted_labels, sizes)]
         for name, img, size, labels, result in zip(part, imgs, sizes, wanted_labels, results):
             if on_maps is not None:
                 on_maps(name, img, result)
@@ -278,6 +289,147 @@ def deletion_test(loaded: "LoadedModel", image: np.ndarray, heat: np.ndarray, la
     return pd.DataFrame(rows)
 
 
-__all__ = ["DEFAULT_THRESHOLD", "DELETION_FRACTIONS", "IOBB_THRESHOLDS", "box_fraction", "cell_order",
-           "deletion_test", "inside", "intersection", "iobb", "iou", "localize_images", "map_box", "mask_cells",
-           "box_mask", "peak", "pointing_hit", "score_map", "summarize_localization", "work_size"]
+# --------------------------------------------------------------------------------------------
+# Faithfulness: deletion and insertion curves
+# --------------------------------------------------------------------------------------------
+
+#: Steps of the deletion / insertion curves (cells removed or inserted per step: grid^2 / steps).
+CURVE_STEPS = 16
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurves:
+    """p(class) against the share of cells removed (deletion) or put back (insertion), salient cells first,
+    and the same for a random cell order; areas under the curves over [0, 1]."""
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    random_deletion: np.ndarray
+    random_insertion: np.ndarray
+
+    @property
+    def deletion_auc(self) -> float:
+        """Area under the deletion curve: lower = more faithful (the probability falls fast)."""
+        return _auc(self.fractions, self.deletion)
+
+    @property
+    def insertion_auc(self) -> float:
+        """Area under the insertion curve: higher = more faithful (the probability comes back fast)."""
+        return _auc(self.fractions, self.insertion)
+
+    @property
+    def random_deletion_auc(self) -> float:
+        """The deletion area for a random cell order (the bar a map must beat)."""
+        return _auc(self.fractions, self.random_deletion)
+
+    @property
+    def random_insertion_auc(self) -> float:
+        """The insertion area for a random cell order."""
+        return _auc(self.fractions, self.random_insertion)
+
+    def table(self) -> pd.DataFrame:
+        """One row per step: fraction, p after deletion / insertion, salient and random order."""
+        return pd.DataFrame({"fraction": self.fractions, "p deletion": self.deletion, "p insertion": self.insertion,
+                             "p deletion (random)": self.random_deletion,
+                             "p insertion (random)": self.random_insertion})
+
+    def summary(self) -> dict[str, float]:
+        """The four areas, named as in tables and reports."""
+        return {"deletion AUC": self.deletion_auc, "insertion AUC": self.insertion_auc,
+                "deletion AUC (random)": self.random_deletion_auc,
+                "insertion AUC (random)": self.random_insertion_auc}
+
+
+def _auc(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def _cell_masks(order: np.ndarray, counts: Sequence[int], grid: int, size: tuple[int, int]) -> np.ndarray:
+    """Boolean (len(counts), H, W): the first counts[i] cells of `order` on a grid x grid partition."""
+    height, width = size
+    ys = np.linspace(0, height, grid + 1).round().astype(int)
+    xs = np.linspace(0, width, grid + 1).round().astype(int)
+    rank = np.empty(grid * grid, np.int64)
+    rank[np.asarray(order, np.int64)] = np.arange(grid * grid)
+    cell_rows = np.repeat(np.arange(grid), np.diff(ys))
+    cell_cols = np.repeat(np.arange(grid), np.diff(xs))
+    pixel_rank = rank[cell_rows[:, None] * grid + cell_cols[None, :]]  # (H, W): rank of each pixel's cell
+    return pixel_rank[None] < np.asarray(counts)[:, None, None]
+
+
+def faithfulness_curves(loaded: "LoadedModel", image: np.ndarray, heat: np.ndarray, label: str, *,
+                        steps: int = CURVE_STEPS, grid: int = 16, seed: int = 0) -> FaithfulnessCurves:
+    """Deletion and insertion curves of one map for one class: cells (grid x grid) removed (set to the
+    image mean) or inserted (into a blurred copy) most salient first, at steps + 1 points, with the
+    same curves for a random cell order; all variants predicted in one batched call."""
+    from cxrcore.labels import LABELS, canonical_label
+
+    key = canonical_label(label)
+    if key is None:
+        raise ConfigError(f"unknown class {label!r}.")
+    if not 1 <= int(steps) <= grid * grid:
+        raise ConfigError(f"steps must be between 1 and {grid * grid}, got {steps}.")
+    column = LABELS.index(key)
+    image = np.asarray(image, np.float32)
+    if image.ndim == 3:
+        image = image[..., 0]
+    heat = np.asarray(heat, np.float32)
+    if heat.shape != image.shape[:2]:
+        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    counts = np.rint(np.linspace(0, grid * grid, int(steps) + 1)).astype(int)
+    fill = np.full_like(image, float(image.mean()))
+    sigma = max(1.0, 0.025 * min(image.shape[:2]))
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    orders = [cell_order(heat, grid), np.random.default_rng(seed).permutation(grid * grid)]
+    variants = []
+    for order in orders:
+        masks = _cell_masks(order, counts, grid, image.shape[:2])
+        variants += [np.where(m, fill, image) for m in masks]  # deletion
+        variants += [np.where(m, image, blurred) for m in masks]  # insertion
+    probs = loaded.predict(variants)[:, column].astype(float)
+    n = len(counts)
+    return FaithfulnessCurves(fractions=counts / (grid * grid), deletion=probs[:n], insertion=probs[n:2 * n],
+                              random_deletion=probs[2 * n:3 * n], random_insertion=probs[3 * n:])
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement of two maps
+# --------------------------------------------------------------------------------------------
+
+#: Share of the pixels counted as a map's "top" region in the agreement overlap.
+TOP_SHARE = 0.10
+
+
+def map_agreement(a: np.ndarray, b: np.ndarray, *, top: float = TOP_SHARE) -> dict[str, float]:
+    """Do two maps of one image agree? Spearman rank correlation of their pixels (ties get average ranks;
+    NaN when a map is flat) and the IoU of their top `top` share of pixels (b is resized to a's size)."""
+    from scipy.stats import rankdata
+
+    if not 0 < float(top) <= 1:
+        raise ConfigError(f"the top share must be in (0, 1], got {top}.")
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"expected two (H, W) maps, got {a.shape} and {b.shape}")
+    if b.shape != a.shape:
+        b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR)
+    fa, fb = a.ravel(), b.ravel()
+    if np.ptp(fa) == 0 or np.ptp(fb) == 0:
+        rho = float("nan")
+    else:
+        rho = float(np.corrcoef(rankdata(fa), rankdata(fb))[0, 1])
+    k = max(1, int(round(float(top) * fa.size)))
+    top_a = np.zeros(fa.size, bool)
+    top_b = np.zeros(fa.size, bool)
+    top_a[np.argsort(-fa, kind="stable")[:k]] = True
+    top_b[np.argsort(-fb, kind="stable")[:k]] = True
+    inter = int((top_a & top_b).sum())
+    return {"spearman": rho, "top IoU": inter / (2 * k - inter), "top share": float(top)}
+
+
+__all__ = ["CURVE_STEPS", "DEFAULT_THRESHOLD", "DELETION_FRACTIONS", "FaithfulnessCurves", "IOBB_THRESHOLDS",
+           "TOP_SHARE", "box_fraction", "box_mask", "cell_order", "deletion_test", "faithfulness_curves", "inside",
+           "intersection", "iobb", "iou", "localize_images", "map_agreement", "map_box", "mask_cells", "peak",
+           "pointing_hit", "score_map", "summarize_localization", "work_size"]

@@ -314,3 +314,37 @@ def test_explanation_figure_has_one_titled_panel_per_class_and_encodes_as_png(sm
     assert decoded.shape == fig.shape
     boxed = cam.draw_boxes(cam.gray_rgb(np.zeros((50, 50), np.float32)), [("Mass", (10, 10, 20, 20))])
     assert (boxed[10, 11:29, 1] > 150).all() and boxed[25, 20].sum() == 0  # outline only
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient methods in the method list (cxrcore.saliency; details in tests/test_saliency.py)
+# --------------------------------------------------------------------------------------------
+
+def test_every_method_is_registered_with_a_title_and_dispatched(small, images):
+    assert cam.METHODS == cam.CAM_METHODS + cam.GRADIENT_METHODS
+    assert set(cam.METHOD_TITLES) == set(cam.METHODS)
+    x = small.prepare(images[:1])
+    for method in cam.METHODS:
+        assert cam.check_method(method) == method
+        maps, out, used = cam.raw_maps(small, x, [9], method=method)
+        expected = (6, 6) if method in cam.CAM_METHODS else (48, 48)  # the CAM layer (48 / 8), or the input
+        assert maps.shape == (1, 1, *expected) and out.shape == (1, 14)
+        assert used == ("features" if method in cam.CAM_METHODS else "input")
+        result = cam.explain(small, images[0], ["Mass"], method=method)
+        assert result.maps.shape == (1, 70, 90) and result.extra["description"].startswith(cam.METHOD_TITLES[method])
+
+
+def test_supported_methods_of_the_course_head_and_of_a_model_without_pooling(densenet):
+    import keras
+
+    assert cam.supported_methods(densenet) == cam.METHODS
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    out = keras.layers.Dense(14, activation="sigmoid")(keras.layers.Flatten()(x))
+    flat = _loaded(keras.Model(inputs, out), 16)
+    assert cam.supported_methods(flat) == cam.GRADIENT_METHODS
+    reasons = cam.method_support(flat)
+    assert all("GlobalAveragePooling2D" in reasons[m] for m in cam.CAM_METHODS)
+    result = cam.explain(flat, np.random.default_rng(0).random((20, 20)).astype(np.float32), ["Mass"],
+                         method="gradient")
+    assert result.maps.shape == (1, 20, 20) and result.layer == "input"

@@ -1,7 +1,8 @@
 """`cam`: class activation maps for one image, or for a split with a localization report.
 
     python -m cxrcore cam --model PATH --image PATH [--class LABEL ... | --top K]
-        [--method cam|gradcam|gradcam++] [--layer NAME] [--opacity A] [--smooth S] [--boxes FILE] --out OUT.png
+        [--method cam|gradcam|gradcam++|gradient|smoothgrad|integrated-gradients] [--layer NAME]
+        [--samples N --noise S --steps N --seed N] [--opacity A] [--smooth S] [--boxes FILE] --out OUT.png
     python -m cxrcore cam --model PATH --split FILE --images DIR [--boxes FILE] [--top K] [--limit N]
         [--faithfulness] --out DIR
 
@@ -9,7 +10,9 @@ One image: a PNG figure, the original (with its boxes when --boxes has any) next
 class. A split: with boxes (--boxes, or a bbox.csv beside the split file), every boxed (image, class)
 is scored (pointing game, IoU, IoBB; see cxrcore.localization) and OUT gets maps/ (one figure per
 image), localization.csv, localization_summary.csv and report.md; without boxes, figures of the top
-K classes of each image. --faithfulness adds the deletion test (faithfulness.csv).
+K classes of each image. --faithfulness adds the deletion test (faithfulness.csv) and the deletion /
+insertion curves' areas per finding (faithfulness_auc.csv). The gradient methods (cxrcore.saliency) work
+on any model; CAM and Grad-CAM(++) need a convolutional feature map with a pooled Dense head.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from pathlib import Path
 from cxrcore.commands import quiet_native_stderr
 
 NAME = "cam"
-HELP = "Class activation maps (CAM, Grad-CAM, Grad-CAM++) for an image, or a split with a localization report."
-_METHODS = ("cam", "gradcam", "gradcam++")
+HELP = ("Class activation maps (CAM, Grad-CAM, Grad-CAM++) and gradient saliency (gradient, SmoothGrad, "
+        "Integrated Gradients) for an image, or a split with a localization report.")
+#: cxrcore.cam.METHODS, spelled out so building the parser imports no OpenCV (tests check they match).
+METHOD_CHOICES = ("cam", "gradcam", "gradcam++", "gradient", "smoothgrad", "integrated-gradients")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="class to explain (repeatable; default: the top classes)")
     classes.add_argument("--top", type=int, default=4, metavar="K",
                          help="explain the K most probable classes (default 4)")
-    parser.add_argument("--method", choices=_METHODS, default="cam", help="map method (default cam, the fast path)")
+    parser.add_argument("--method", choices=METHOD_CHOICES, default="cam",
+                        help="map method (default cam, the fast path; the last three work on any model)")
     parser.add_argument("--layer", metavar="NAME", help="layer for Grad-CAM (default: the last feature map)")
+    parser.add_argument("--samples", type=int, default=25, metavar="N",
+                        help="SmoothGrad: noisy copies averaged (default 25)")
+    parser.add_argument("--noise", type=float, default=0.15, metavar="S",
+                        help="SmoothGrad: noise sigma as a share of the input's range, 0-1 (default 0.15)")
+    parser.add_argument("--steps", type=int, default=32, metavar="N",
+                        help="Integrated Gradients: points on the path from the flat baseline (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="SmoothGrad: noise seed (default 0)")
     parser.add_argument("--opacity", type=float, default=0.4, help="map opacity in the overlay, 0-1 (default 0.4)")
     parser.add_argument("--colormap", default="jet", help="OpenCV colormap: jet, turbo, inferno, magma, viridis, hot")
     parser.add_argument("--smooth", type=float, default=0.0,
@@ -46,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the map's maximum that bounds the map's box (default 0.5)")
     parser.add_argument("--limit", type=int, metavar="N", help="batch mode: at most N images")
     parser.add_argument("--faithfulness", action="store_true",
-                        help="batch mode: also mask the most salient pixels and measure the probability drop")
+                        help="batch mode: also mask the most salient pixels and measure the probability drop, "
+                             "and the deletion / insertion curves' areas")
     parser.add_argument("--normalize-from", metavar="FILE",
                         help="training split to fit 'dataset' normalization on (the course's .h5 files); "
                              "needs --images")
@@ -71,8 +85,23 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--split needs --images (the image folder).", fix="add --images DIR.")
     if args.normalize_from and not args.images:
         raise ConfigError("--normalize-from needs --images (the training images' folder).")
+    if not 1 <= args.samples <= 1000:
+        raise ConfigError(f"--samples must be from 1 to 1000, got {args.samples}.")
+    if not 0.0 <= args.noise <= 1.0:
+        raise ConfigError(f"--noise must be between 0 and 1 (a share of the input's range), got {args.noise}.",
+                          fix="SmoothGrad's authors recommend 0.1 to 0.2.")
+    if not 1 <= args.steps <= 1000:
+        raise ConfigError(f"--steps must be from 1 to 1000, got {args.steps}.")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}.")
     if args.image and Path(args.out).suffix.lower() != ".png":
         raise ConfigError(f"--out must be a .png file for one image, got {args.out}.", fix="write e.g. --out map.png.")
+
+
+def _saliency_options(args: argparse.Namespace):
+    from cxrcore.saliency import SaliencyOptions
+
+    return SaliencyOptions(samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed)
 
 
 def _load(args: argparse.Namespace):
@@ -138,7 +167,8 @@ def run_single(args: argparse.Namespace) -> int:
     if not labels:
         probs = loaded.predict([image])[0]
         labels = top_labels(probs, args.top, available=loaded.info.labels)
-    result = explain(loaded, image, labels, method=args.method, layer=args.layer, smooth=args.smooth)
+    result = explain(loaded, image, labels, method=args.method, layer=args.layer, smooth=args.smooth,
+                     saliency_options=_saliency_options(args))
     boxes = _boxes(args, None)
     own = boxes_for(boxes, Path(args.image).name) if boxes is not None else None
     fig = _figure(image, result, own, sorted(set(own["Label"])) if own is not None else [], args)
@@ -148,15 +178,16 @@ def run_single(args: argparse.Namespace) -> int:
     for label in result.labels:
         print(f"{label}\t{result.prob(label):.4f}")
     if not args.quiet:
-        print(f"{result.method} maps on layer {result.layer} -> {out}", file=sys.stderr)
+        print(f"{result.extra['description']} maps on layer {result.layer} -> {out}", file=sys.stderr)
     return 0
 
 
-def _report_text(summary, args, n_images: int, faith=None) -> str:
-    from cxrcore.cam import METHOD_TITLES
+def _report_text(summary, args, n_images: int, faith=None, curves=None) -> str:
+    from cxrcore.cam import describe_method
 
     lines = [f"# Localization report: {Path(args.model).name} on {Path(args.split).name}", "",
-             f"Method: {METHOD_TITLES[args.method]}{f' on layer {args.layer}' if args.layer else ''}; "
+             f"Method: {describe_method(args.method, _saliency_options(args))}"
+             f"{f' on layer {args.layer}' if args.layer else ''}; "
              f"{n_images} boxed images; map box threshold {args.threshold:g} of the maximum.", "",
              "pointing: share of (image, class) findings whose map maximum lies in a box of that class; "
              "random baseline: the boxes' share of the image (a random point's chance); "
@@ -177,6 +208,15 @@ def _report_text(summary, args, n_images: int, faith=None) -> str:
         for fraction, group in faith.groupby("fraction"):
             lines.append(f"| {fraction:.0%} | {group['drop salient'].mean():.4f} | {group['drop random'].mean():.4f} "
                          f"| {len(group)} |")
+    if curves is not None and not curves.empty:
+        lines += ["", "## Faithfulness (deletion / insertion curves)", "",
+                  "Mean area under p(class) as the most salient cells are removed (deletion: lower is more "
+                  "faithful) or put back into a blurred image (insertion: higher is more faithful), against a "
+                  "random cell order.", "", "| deletion AUC | random | insertion AUC | random | pairs |",
+                  "|---|---|---|---|---|",
+                  f"| {curves['deletion AUC'].mean():.4f} | {curves['deletion AUC (random)'].mean():.4f} "
+                  f"| {curves['insertion AUC'].mean():.4f} | {curves['insertion AUC (random)'].mean():.4f} "
+                  f"| {len(curves)} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -223,15 +263,17 @@ def run_split(args: argparse.Namespace) -> int:
                                fix="check that the box file belongs to this dataset.")
         records = localize_images(loaded, boxed, boxes, image_root=str(Path(paths[0]).parent), method=args.method,
                                   layer=args.layer, threshold=args.threshold, smooth=args.smooth,
-                                  read=lambda p: read_image(by_name[Path(p).name]), on_maps=save, progress=progress)
+                                  read=lambda p: read_image(by_name[Path(p).name]), on_maps=save, progress=progress,
+                                  saliency_options=_saliency_options(args))
         summary = summarize_localization(records)
         (out / "localization.csv").write_text(csv_text(records), encoding="utf-8")
         (out / "localization_summary.csv").write_text(csv_text(summary), encoding="utf-8")
-        faith = None
+        faith = curves = None
         if args.faithfulness:
-            faith = _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress)
+            faith, curves = _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress)
             (out / "faithfulness.csv").write_text(csv_text(faith), encoding="utf-8")
-        (out / "report.md").write_text(_report_text(summary, args, len(boxed), faith), encoding="utf-8")
+            (out / "faithfulness_auc.csv").write_text(csv_text(curves), encoding="utf-8")
+        (out / "report.md").write_text(_report_text(summary, args, len(boxed), faith, curves), encoding="utf-8")
         if not args.quiet:
             print(summary.round(3).to_string(index=False))
         print(f"{len(records)} findings on {len(boxed)} images -> {out}", file=sys.stderr)
@@ -243,11 +285,12 @@ def run_split(args: argparse.Namespace) -> int:
         images = [read_image(by_name[n]) for n in part]
         if args.classes:
             results = explain_batch(loaded, images, args.classes, method=args.method, layer=args.layer,
-                                    smooth=args.smooth)
+                                    smooth=args.smooth, saliency_options=_saliency_options(args))
         else:
             probs = loaded.predict(images)
             results = [explain_batch(loaded, [img], top_labels(p, args.top, available=loaded.info.labels),
-                                     method=args.method, layer=args.layer, smooth=args.smooth)[0]
+                                     method=args.method, layer=args.layer, smooth=args.smooth,
+                                     saliency_options=_saliency_options(args))[0]
                        for img, p in zip(images, probs)]
         for name, image, result in zip(part, images, results):
             save(name, image, result)
@@ -259,19 +302,39 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def _faithfulness(loaded, records, by_name, args, deletion_test, read_image, progress):
+    """(deletion test rows, one row of deletion / insertion areas per finding) for every boxed finding."""
     import pandas as pd
 
     from cxrcore.cam import explain
+    from cxrcore.localization import faithfulness_curves, work_size
 
-    parts = []
+    parts, areas = [], []
     pairs = list(records[["Image", "Label"]].itertuples(index=False))
     for i, (name, label) in enumerate(pairs):
         image = read_image(by_name[name])
-        heat = explain(loaded, image, [label], method=args.method, layer=args.layer, smooth=args.smooth).maps[0]
+        heat = explain(loaded, image, [label], method=args.method, layer=args.layer, smooth=args.smooth,
+                       saliency_options=_saliency_options(args)).maps[0]
         table = deletion_test(loaded, image, heat, label)
         parts.append(table.assign(Image=name, Label=label))
+        size = work_size(image.shape[:2], 512)  # the curves' 68 variants at most 512 px: the model sees S px
+        small = cv2_resize(image, size)
+        areas.append({"Image": name, "Label": label,
+                      **faithfulness_curves(loaded, small, cv2_resize(heat, size), label).summary()})
         progress(i + 1, len(pairs), "deletion test")
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(),
+            pd.DataFrame(areas, columns=["Image", "Label", "deletion AUC", "insertion AUC", "deletion AUC (random)",
+                                         "insertion AUC (random)"]))
+
+
+def cv2_resize(array, size):
+    """An (H, W) float array resized to size (H, W) with area interpolation (unchanged when it fits)."""
+    import cv2
+    import numpy as np
+
+    array = np.asarray(array, np.float32)
+    if array.shape[:2] == tuple(size):
+        return array
+    return cv2.resize(array, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
 def run(args: argparse.Namespace) -> int:
