@@ -9,7 +9,8 @@ from cxrcore.catalog import split_role
 from cxrcore.dataset import Split
 from cxrcore.labels import LABELS
 from dashboard import charts
-from dashboard.widgets import teaching_note
+from dashboard.loaders import split_key
+from dashboard.widgets import section, teaching_note
 
 
 def pick_split(splits: dict[str, Split], key: str, role: str = "train", label: str = "Split") -> Split:
@@ -28,7 +29,9 @@ def weights_table(classes: pd.DataFrame) -> pd.DataFrame:
 def render_balance(split: Split) -> pd.DataFrame:
     """The two course charts and the weights table for one split; returns the balance table."""
     classes = class_balance(split.labels)
-    st.plotly_chart(charts.positive_negative_bars(classes), width="stretch")
+    key = split_key([split])
+    st.plotly_chart(charts.cached_figure("balance", key, lambda: charts.positive_negative_bars(classes)),
+                    width="stretch")
     teaching_note("why the imbalance matters",
                   "With far more negatives than positives, plain binary cross-entropy is dominated by "
                   "the negatives: a model that always predicts a low probability already has a small "
@@ -37,7 +40,9 @@ def render_balance(split: Split) -> pd.DataFrame:
                   [r"\mathrm{freq}_{pos} = \frac{\#\,\text{positives}}{N},\qquad"
                    r" \mathrm{freq}_{neg} = 1 - \mathrm{freq}_{pos}"],
                   always=True)
-    st.plotly_chart(charts.positive_negative_bars(classes, weighted=True), width="stretch")
+    st.plotly_chart(charts.cached_figure("balance_weighted", key,
+                                         lambda: charts.positive_negative_bars(classes, weighted=True)),
+                    width="stretch")
     teaching_note("the weighted loss",
                   "Choose w_pos = freq_neg and w_neg = freq_pos. Then the positive contribution "
                   "freq_pos x w_pos equals the negative one freq_neg x w_neg for every class: the bars "
@@ -52,13 +57,16 @@ def render_balance(split: Split) -> pd.DataFrame:
     return classes
 
 
+@section("the loss explorer")
 def render_loss_explorer(classes: pd.DataFrame) -> None:
     """Pick a class: its loss against the predicted probability for y=1 and y=0, with and without weights."""
     st.subheader("The loss for one class")
     label = st.selectbox("Class", LABELS, index=LABELS.index("Cardiomegaly"), key="loss_class")
     row = classes.loc[label]
     p = st.slider("Predicted probability", 0.01, 0.99, 0.5, 0.01, key="loss_probability")
-    st.plotly_chart(charts.loss_curves(float(row["w_pos"]), float(row["w_neg"]), label), width="stretch")
+    w_pos, w_neg = float(row["w_pos"]), float(row["w_neg"])
+    st.plotly_chart(charts.cached_figure("loss_curves", (label, w_pos, w_neg),
+                                         lambda: charts.loss_curves(w_pos, w_neg, label)), width="stretch")
     import math
 
     c1, c2, c3, c4 = st.columns(4)

@@ -1,8 +1,10 @@
-"""GradCAM explorer sections: browse a split by prediction, one image's maps, uploads, localization.
+"""GradCAM explorer sections: browse a split by prediction, one image's maps, uploads, localization,
+and two methods side by side on the same image (agreement, faithfulness, pointing).
 
 Speed: a split's predictions come from `predictions_for` (computed once, cached on disk); maps are
-cached per (model, image, method, layer, classes, smoothing) at display size, thumbnails per file,
-so moving to the next image costs one forward pass (the CAM fast path) and a few small overlays.
+cached per (model, image, method, layer, classes, smoothing, SmoothGrad / IG settings) at display
+size, thumbnails per file, so moving to the next image costs one forward pass (the CAM fast path) and
+a few small overlays. Only the methods the model supports are offered (`cam.method_support`).
 """
 from __future__ import annotations
 
@@ -17,16 +19,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cxrcore import cam
+from cxrcore.saliency import SaliencyOptions
 from cxrcore.dataset import IMAGE, Split
 from cxrcore.export import csv_text
 from cxrcore.labels import LABELS
 from cxrcore.model import LoadedModel
 from cxrcore.paths import resolve_image
 from cxrcore.registry import ModelEntry
-from dashboard.charts import CLASS_COLORS
-from dashboard.loaders import ActiveDataset, preview
+from dashboard.charts import CLASS_COLORS, cached_figure
+from dashboard.loaders import ActiveDataset, preview_jpeg
 from dashboard.models import keep_compiled_functions
-from dashboard.widgets import teaching_note, user_errors
+from dashboard.widgets import section, teaching_note, user_errors
 
 #: Longest side of the images and maps drawn on the page (and cached).
 DISPLAY_SIDE = 512
@@ -47,6 +50,9 @@ SHOW_CHOSEN = "chosen"
 SOURCE_SPLIT, SOURCE_UPLOAD = "Browse a split", "Upload an image"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
 IMAGE_KEY = "cam_image"
+COMPARE_KEY = "cam_compare"
+#: Methods whose maps depend on SmoothGrad / IG settings (the others ignore them).
+_OPTION_METHODS = ("smoothgrad", "integrated-gradients")
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,29 @@ class MapSettings:
     smooth: float = 0.0
     show: str = SHOW_BEST
     chosen: tuple[str, ...] = ()
+    samples: int = 25
+    noise: float = 0.15
+    steps: int = 32
+
+    @property
+    def saliency_options(self) -> SaliencyOptions:
+        """SmoothGrad's samples and noise, Integrated Gradients' steps (seed 0: the same map on every run)."""
+        return SaliencyOptions(samples=int(self.samples), noise=float(self.noise), steps=int(self.steps))
+
+    def options_key(self, method: str | None = None) -> tuple:
+        """What of the gradient settings shapes the maps of `method` (empty for the others: no recompute)."""
+        method = method or self.method
+        if method == "smoothgrad":
+            return (int(self.samples), round(float(self.noise), 4))
+        if method == "integrated-gradients":
+            return (int(self.steps),)
+        return ()
+
+    def with_method(self, method: str, layer: str | None = None) -> "MapSettings":
+        """The same look with another method (and layer)."""
+        from dataclasses import replace
+
+        return replace(self, method=method, layer=layer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,25 +146,51 @@ class _Named:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _maps(key: str, image_key: str, method: str, layer: str | None, labels: tuple[str, ...], smooth: float,
-          size: tuple[int, int], _loaded: LoadedModel, _read: Callable[[], np.ndarray]
-          ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(maps (K, H, W) float16 at display size, probabilities (14,), layer used) for one image."""
-    result = cam.explain(_loaded, _read(), list(labels), method=method, layer=layer, smooth=smooth, size=size)
+          size: tuple[int, int], options: tuple, _loaded: LoadedModel, _read: Callable[[], np.ndarray],
+          _saliency: SaliencyOptions) -> tuple[np.ndarray, np.ndarray, str]:
+    """(maps (K, H, W) float16 at display size, probabilities (14,), layer used) for one image.
+
+    options: the part of `_saliency` that shapes this method's maps (the cache key)."""
+    result = cam.explain(_loaded, _read(), list(labels), method=method, layer=layer, smooth=smooth, size=size,
+                         saliency_options=_saliency)
     return result.maps.astype(np.float16), result.probs, result.layer
 
 
 def image_maps(key: str, image_key: str, loaded: LoadedModel, read: Callable[[], np.ndarray],
                labels: Sequence[str], settings: MapSettings, size: tuple[int, int]) -> cam.ImageMaps:
     """The maps of one image (cached), as ImageMaps at display size."""
-    args = (key, image_key, settings.method, settings.layer, tuple(labels), settings.smooth, tuple(size), loaded, read)
+    args = (key, image_key, settings.method, settings.layer, tuple(labels), settings.smooth, tuple(size),
+            settings.options_key(), loaded, read, settings.saliency_options)
+    description = cam.describe_method(settings.method, settings.saliency_options)
     if settings.method == "cam":
         maps, probs, layer = _maps(*args)
+    elif settings.method in cam.GRADIENT_METHODS:
+        with st.spinner(f"{description}: input gradients of {len(labels)} classes (the first use compiles the "
+                        "backward pass, a few seconds)..."):
+            maps, probs, layer = _maps(*args)
     else:
         with st.spinner(f"{cam.METHOD_TITLES[settings.method]}: gradients of {len(labels)} classes (the first use "
                         "of a layer compiles its backward pass, a few seconds)..."):
             maps, probs, layer = _maps(*args)
     return cam.ImageMaps(maps=maps.astype(np.float32), labels=tuple(labels), probs=probs, method=settings.method,
-                         layer=layer)
+                         layer=layer, extra={"description": description})
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _probabilities(key: str, image_key: str, _loaded: LoadedModel, _read: Callable[[], np.ndarray]) -> np.ndarray:
+    """The 14 probabilities of one image (models without the CAM fast path that gives them with the maps)."""
+    return _loaded.predict([_read()])[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _support(key: str, _loaded: LoadedModel) -> dict[str, str | None]:
+    """cam.method_support of a model: None per supported method, else why not."""
+    return cam.method_support(_loaded)
+
+
+def supported(key: str, loaded: LoadedModel) -> list[str]:
+    """The methods the model supports, in cam.METHODS order."""
+    return [method for method, reason in _support(key, loaded).items() if reason is None]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -244,27 +299,59 @@ def teaching() -> None:
         "it with radiologist boxes: the **pointing game** asks whether the map's maximum lies in the box "
         "(a random point hits with the box's share of the image); **IoBB** (Wang et al. 2017) is the overlap "
         "of the thresholded map's box with the truth, over the map box's area. Masking the most salient "
-        "pixels should lower the probability more than masking random ones (**faithfulness**).",
+        "pixels should lower the probability more than masking random ones (**faithfulness**).\n\n"
+        "The **gradient methods** need no feature map, so they work on any model (also a ViT): the **gradient** "
+        "is how much each input pixel changes the class score; **SmoothGrad** averages it over noisy copies of "
+        "the image (n samples, noise as a share of the image's range), which removes its pixel-scale flicker; "
+        "**Integrated Gradients** adds the gradients up along the path from a flat image to this one, so the "
+        "attributions sum to the score's change. When two methods **disagree** (Grad-CAM on the heart, "
+        "SmoothGrad on the lungs for Cardiomegaly), suspect a shortcut and ask which map is more faithful: "
+        "deleting its top pixels should make the probability fall fastest (low **deletion AUC**), putting them "
+        "back into a blurred image should restore it fastest (high **insertion AUC**).",
         [r"M_k(x, y) = \sum_c w_{c,k}\, A_c(x, y)",
          r"\text{Grad-CAM}_k = \mathrm{ReLU}\Big(\sum_c \alpha_c^k A_c\Big),\quad "
          r"\alpha_c^k = \frac{1}{Z}\sum_{i,j} \frac{\partial y_k}{\partial A_c(i,j)} = \frac{w_{c,k}}{Z}"])
 
 
+def missing_methods_caption(support: dict[str, str | None]) -> str | None:
+    """One line naming the methods this model lacks and why (None when it has them all)."""
+    missing = [method for method, reason in support.items() if reason is not None]
+    if not missing:
+        return None
+    reasons = dict.fromkeys(support[m] for m in missing)
+    names = ", ".join(cam.METHOD_TITLES[m] for m in missing)
+    return (f"{names}: not offered for this model, because {' '.join(str(r) for r in reasons)} These methods read "
+            "a convolutional feature map pooled by GlobalAveragePooling2D into the Dense head; the gradient methods "
+            "work on the input pixels of any model.")
+
+
 def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
-    """Method, layer, opacity, colormap, smoothing and class choice widgets."""
+    """Method, layer, opacity, colormap, smoothing, SmoothGrad / IG settings and class choice widgets."""
     typed, every, shapes = _layers(key, loaded)
-    cm_layer = cam.cam_model(loaded.model).feature_layer
-    c1, c2, c3, c4 = st.columns([4, 4, 2, 2], vertical_alignment="bottom")
-    method = c1.segmented_control("Method", cam.METHODS, format_func=cam.METHOD_TITLES.get, key="cam_method",
-                                  default="cam", help="CAM: all classes from one forward pass (fast). Grad-CAM and "
-                                                      "Grad-CAM++: gradients, on any layer.") or "cam"
-    all_layers = c3.toggle("Every layer", key="cam_all_layers", disabled=method == "cam",
+    support = _support(key, loaded)
+    methods = supported(key, loaded)
+    has_cam = "cam" in methods
+    cm_layer = cam.cam_model(loaded.model).feature_layer if has_cam else None
+    if st.session_state.get("cam_method") not in methods:
+        st.session_state["cam_method"] = methods[0]
+    method = st.segmented_control("Method", methods, format_func=cam.METHOD_TITLES.get, key="cam_method",
+                                  help="CAM: all classes from one forward pass (fast). Grad-CAM and Grad-CAM++: "
+                                       "gradients, on any layer. Gradient, SmoothGrad, Integrated Gradients: "
+                                       "gradients on the input pixels (any model).") or methods[0]
+    c2, c3, c4, c7, c8 = st.columns([4, 2, 2, 2, 2], vertical_alignment="bottom")
+    all_layers = c3.toggle("Every layer", key="cam_all_layers", disabled=method not in ("gradcam", "gradcam++"),
                            help=f"List every layer with a 4-D output, not only the last {LAYERS_SHOWN} "
                                 "convolution/activation layers.")
     options = list(reversed(every if all_layers else typed[-LAYERS_SHOWN:]))
-    if cm_layer not in options:
+    if cm_layer is not None and cm_layer not in options:
         options.insert(0, cm_layer)
-    if method == "cam":
+    if method in cam.GRADIENT_METHODS:
+        side = loaded.info.input_size
+        c2.selectbox("Layer", ["input"], key="cam_layer_input", disabled=True,
+                     format_func=lambda n: f"input pixels ({side}x{side}x3)",
+                     help="The gradient methods explain the model's input pixels: no layer to choose.")
+        layer = None
+    elif method == "cam":
         c2.selectbox("Layer", [cm_layer], key="cam_layer_fixed", disabled=True,
                      format_func=lambda n: f"{n} ({shapes.get(n, '?')}, the CAM layer)",
                      help="CAM exists only on the feature map that feeds the global average pooling.")
@@ -276,7 +363,10 @@ def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
                              format_func=lambda n: f"{n} ({shapes.get(n, '?')})",
                              help="Earlier layers: finer but noisier maps.")
     colormap = c4.selectbox("Colormap", list(cam.COLORMAPS), key="cam_colormap")
-    c5, c6, c7, c8 = st.columns([4, 4, 2, 2], vertical_alignment="bottom")
+    opacity = c7.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
+    smooth = c8.slider("Smoothing", 0.0, 0.05, 0.0, 0.005, key="cam_smooth", format="%.3f",
+                       help="Gaussian blur, sigma as a share of the image side.")
+    c5, c6, _ = st.columns([4, 4, 4], vertical_alignment="bottom")
     show = c5.segmented_control("Classes", (SHOW_BEST, SHOW_TOP, SHOW_CHOSEN), key="cam_show", default=SHOW_BEST,
                                 help="Best-AUROC: the 4 classes the model ranks best on the split, as in the "
                                      "course (an upload has no split: its top predicted classes).") or SHOW_BEST
@@ -284,13 +374,20 @@ def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
     available = [label for label in LABELS if label in loaded.info.labels]
     chosen = c6.multiselect("Chosen classes", available, default=available[:1], key="cam_classes",
                             disabled=show != SHOW_CHOSEN, max_selections=len(available))
-    opacity = c7.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
-    smooth = c8.slider("Smoothing", 0.0, 0.05, 0.0, 0.005, key="cam_smooth", format="%.3f",
-                       help="Gaussian blur, sigma as a share of the image side.")
+    c9, c10, c11, _ = st.columns([3, 3, 3, 3], vertical_alignment="bottom")
+    samples = c9.slider("SmoothGrad samples", 1, 100, 25, 1, key="cam_samples",
+                        help="Noisy copies averaged (Smilkov et al. 2017 use about 50; 25 is usually smooth).")
+    noise = c10.slider("SmoothGrad noise", 0.0, 0.5, 0.15, 0.01, key="cam_noise",
+                       help="Noise sigma as a share of the image's range (the authors recommend 0.1-0.2).")
+    steps = c11.slider("Integrated Gradients steps", 4, 128, 32, 4, key="cam_steps",
+                       help="Points on the path from a flat image to this one (more: closer to completeness).")
+    caption = missing_methods_caption(support)
+    if caption:
+        st.caption(caption)
     if show != SHOW_CHOSEN:
         chosen = []
     return MapSettings(method=method, layer=layer, opacity=float(opacity), colormap=colormap, smooth=float(smooth),
-                       show=show, chosen=tuple(chosen))
+                       show=show, chosen=tuple(chosen), samples=int(samples), noise=float(noise), steps=int(steps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,6 +447,14 @@ def _panels(maps_key: tuple, name: str, labels_shown: tuple[str, ...], box_list:
     return panels
 
 
+def method_caption(result: cam.ImageMaps) -> str:
+    """'Grad-CAM on layer `x`', or 'SmoothGrad (25 samples, noise 0.15) on the input pixels'."""
+    description = result.extra.get("description") or cam.METHOD_TITLES[result.method]
+    if result.method in cam.GRADIENT_METHODS:
+        return f"{description} on the input pixels"
+    return f"{description} on layer `{result.layer}`"
+
+
 def render_image(name: str, shown_image: np.ndarray, original: tuple[int, int], result: cam.ImageMaps,
                  settings: MapSettings, truth: Sequence[str] | None, boxes: pd.DataFrame | None,
                  threshold: float | None, labels_shown: Sequence[str], maps_key: tuple) -> None:
@@ -372,12 +477,14 @@ def render_image(name: str, shown_image: np.ndarray, original: tuple[int, int], 
         if i % OVERLAY_COLUMNS == 0:
             grid = right.columns(OVERLAY_COLUMNS)
         grid[i % OVERLAY_COLUMNS].image(panel, caption=caption, width="stretch")
-    st.caption(f"{cam.METHOD_TITLES[result.method]} on layer `{result.layer}` · maps normalized per class to "
-               "[0, 1]" + (" · green: radiologist boxes (white on the overlay of their class)" if box_list else ""))
+    st.caption(f"{method_caption(result)} · maps normalized per class to [0, 1]"
+               + (" · green: radiologist boxes (white on the overlay of their class)" if box_list else ""))
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(probability_chart(result.probs, truth, threshold, labels_shown), width="stretch",
-                        key=f"cam_probs_{name}")
+        chart_key = (maps_key, None if truth is None else tuple(truth), threshold, tuple(labels_shown))
+        st.plotly_chart(cached_figure("cam_probabilities", chart_key,  # built once per image and settings
+                                      lambda: probability_chart(result.probs, truth, threshold, labels_shown)),
+                        width="stretch", key=f"cam_probs_{name}")
     with right:
         scored = [label for label in labels_shown if any(n == label for n, _ in box_list)]
         if scored:
@@ -423,14 +530,16 @@ def explain_and_render(entry: ModelEntry, loaded: LoadedModel, settings: MapSett
             probs = result.probs
         elif settings.show == SHOW_CHOSEN and settings.chosen:
             probs = np.zeros(len(LABELS))
-        else:  # the top classes are needed first: one CAM pass gives the probabilities
+        elif "cam" in supported(key, loaded):  # the top classes are needed first: one CAM pass gives them
             probs = image_maps(key, image_key, loaded, read, available, MapSettings(), size).probs
+        else:  # no CAM fast path (e.g. a ViT): one forward pass
+            probs = _probabilities(key, image_key, loaded, read)
     labels_shown = classes_to_show(settings, probs, best, available)
     if result is None:
         boxed = [] if boxes is None else [c for c in dict.fromkeys(boxes["Label"]) if c in available]
         wanted = list(dict.fromkeys([*labels_shown, *(boxed if settings.method == "cam" else [])]))
         result = image_maps(key, image_key, loaded, read, wanted or available[:1], settings, size)
-    maps_key = (key, image_key, settings.method, settings.layer, settings.smooth, tuple(size))
+    maps_key = (key, image_key, settings.method, settings.layer, settings.smooth, tuple(size), settings.options_key())
     render_image(name, shown_image, original, result, settings, truth, boxes, threshold, labels_shown, maps_key)
     return result
 
@@ -451,6 +560,116 @@ def render_faithfulness(loaded: LoadedModel, read: Callable[[], np.ndarray], res
 
 
 # --------------------------------------------------------------------------------------------
+# Two methods side by side
+# --------------------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _curves(key: str, image_key: str, method: str, layer: str | None, label: str, smooth: float, options: tuple,
+            size: tuple[int, int], _loaded: LoadedModel, _image: np.ndarray, _heat: np.ndarray):
+    """Deletion / insertion curves of one method's map (cached by what the map is made of)."""
+    from cxrcore.localization import faithfulness_curves
+
+    return faithfulness_curves(_loaded, _image, _heat, label)
+
+
+def default_pair(methods: Sequence[str], current: str) -> tuple[str, str]:
+    """The methods compared first: the current one against SmoothGrad (the references' pair), or the next one."""
+    first = current if current in methods else methods[0]
+    others = [m for m in methods if m != first]
+    second = "smoothgrad" if "smoothgrad" in others else (others[0] if others else first)
+    return first, second
+
+
+def _compare_layer(method: str, settings: MapSettings) -> str | None:
+    """Grad-CAM(++) in the comparison keep the layer chosen above when the main method is Grad-CAM(++) too."""
+    if method in ("gradcam", "gradcam++") and settings.method in ("gradcam", "gradcam++"):
+        return settings.layer
+    return None
+
+
+def curves_chart(pair: Sequence[tuple[str, object]]) -> go.Figure:
+    """p(class) against the share of cells deleted (solid) or inserted (dotted), one colour per method."""
+    colors = ("#1f77b4", "#d62728")
+    fig = go.Figure()
+    for (name, curves), color in zip(pair, colors):
+        x = curves.fractions
+        fig.add_trace(go.Scatter(x=x, y=curves.deletion, name=f"{name}: deletion", line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=x, y=curves.insertion, name=f"{name}: insertion",
+                                 line=dict(color=color, dash="dot")))
+    if pair:
+        curves = pair[0][1]
+        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_deletion, name="random order: deletion",
+                                 line=dict(color="#888", width=1)))
+        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_insertion, name="random order: insertion",
+                                 line=dict(color="#888", width=1, dash="dot")))
+    fig.update_xaxes(title="share of the image's cells deleted / inserted (most salient first)", range=[0, 1])
+    fig.update_yaxes(title="predicted probability", range=[0, 1.02])
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
+                      title="Deletion (falls fast = faithful) and insertion (rises fast = faithful)",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
+    return fig
+
+
+def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSettings, *, image_key: str,
+                      read: Callable[[], np.ndarray], shown_image: np.ndarray, original: tuple[int, int],
+                      boxes: pd.DataFrame | None, result: cam.ImageMaps) -> None:
+    """Two methods' maps of one class on the same image, their agreement, faithfulness and pointing hit."""
+    from cxrcore.localization import map_agreement, score_map
+
+    key = model_key(entry, loaded)
+    methods = supported(key, loaded)
+    if not st.toggle("Compare two methods side by side", key=COMPARE_KEY,
+                     help="Maps of two methods for one class on this image: do they agree, and which is more "
+                          "faithful (deletion / insertion) and points at the box?"):
+        return
+    first, second = default_pair(methods, settings.method)
+    c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
+    method_a = c1.selectbox("Method A", methods, index=methods.index(first), key="cam_compare_a",
+                            format_func=cam.METHOD_TITLES.get)
+    method_b = c2.selectbox("Method B", methods, index=methods.index(second), key="cam_compare_b",
+                            format_func=cam.METHOD_TITLES.get)
+    labels = list(result.labels)
+    box_list = _box_list(boxes)
+    boxed = [label for label in labels if any(n == label for n, _ in box_list)]
+    label = c3.selectbox("Class", labels, index=labels.index(boxed[0]) if boxed else 0, key="cam_compare_class")
+    size = tuple(shown_image.shape[:2])
+    scale = (shown_image.shape[1] / original[1], shown_image.shape[0] / original[0])
+    own = [tuple(v * f for v, f in zip(b, (*scale, *scale))) for n, b in box_list if n == label]
+    pair = [image_maps(key, image_key, loaded, read, [label], settings.with_method(m, _compare_layer(m, settings)),
+                       size) for m in (method_a, method_b)]
+    for column, maps in zip(st.columns(2), pair):
+        panel = cam.overlay(shown_image, maps.maps[0], settings.opacity, settings.colormap)
+        if own:
+            panel = cam.draw_boxes(panel, [(label, b) for b in own], label=False, color=(255, 255, 255))
+        column.image(_jpeg(panel), caption=f"{method_caption(maps)} · {label} · p={maps.prob(label):.2f}",
+                     width="stretch")
+    agreement = map_agreement(pair[0].maps[0], pair[1].maps[0])
+    rho = agreement["spearman"]
+    m1, m2 = st.columns(2)
+    m1.metric("Spearman rank correlation", "n/a (a flat map)" if np.isnan(rho) else f"{rho:.2f}",
+              help="Rank correlation of the two maps' pixels: 1 = the same ordering, 0 = unrelated.")
+    m2.metric(f"Top {agreement['top share']:.0%} pixels overlap (IoU)", f"{agreement['top IoU']:.2f}",
+              help="Intersection over union of each map's most salient 10% of the pixels.")
+    with st.spinner("Deletion and insertion curves (17 steps, salient and random order)..."):
+        curves = [_curves(key, image_key, maps.method, maps.layer, label, settings.smooth,
+                          settings.options_key(maps.method), size, loaded, shown_image, maps.maps[0])
+                  for maps in pair]
+    rows = []
+    for maps, curve in zip(pair, curves):
+        row = {"method": maps.extra.get("description", cam.METHOD_TITLES[maps.method]),
+               **{name: round(value, 3) for name, value in curve.summary().items()}}
+        row["pointing"] = ("hit" if score_map(maps.maps[0], own)["hit"] else "miss") if own else "no box"
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.plotly_chart(curves_chart([(row["method"], c) for row, c in zip(rows, curves)]), width="stretch",
+                    key="cam_compare_curves")
+    st.caption("Deletion AUC: area under p while the most salient cells (16x16 grid) are set to the image mean, lower "
+               "is more faithful; insertion AUC: while they are put back into a blurred copy, higher is more "
+               "faithful; (random): the same for a random cell order, the bar to beat. Pointing: is the map's "
+               "maximum inside a box of the class? Computed on the displayed image.")
+
+
+# --------------------------------------------------------------------------------------------
 # Browsing a split
 # --------------------------------------------------------------------------------------------
 
@@ -464,8 +683,10 @@ def _open(name: str) -> None:
     st.session_state[IMAGE_KEY] = name
 
 
+@section("browsing the split")
 def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDataset, settings: MapSettings) -> None:
-    """Thumbnails of a split filtered and sorted by prediction, and the chosen image's maps."""
+    """Thumbnails of a split filtered and sorted by prediction, and the chosen image's maps. Its widgets
+    (split, filter, threshold, grid, Previous / Next) rerun only this section."""
     from dashboard.models import predictions_for
     from dashboard.results_view import default_split_name
 
@@ -519,7 +740,7 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
             if i % GRID_COLUMNS == 0:  # one row of columns at a time: the grid reads in sorted order
                 grid = st.columns(GRID_COLUMNS)
             cell = grid[i % GRID_COLUMNS]
-            thumb = preview(root, name)
+            thumb = preview_jpeg(root, name)  # encoded once, shared by every session
             r = row_of[name]
             truth = "✓" if y[r, j] else "✗"
             if thumb is None:
@@ -556,16 +777,20 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
                                 shown_image=shown, original=original, truth=truth, boxes=own_boxes, best=best,
                                 known_probs=probs[r], threshold=threshold)
     render_faithfulness(loaded, read, result, shown)
+    render_comparison(entry, loaded, settings, image_key=f"{path}|{mtime}", read=read, shown_image=shown,
+                      original=original, boxes=own_boxes, result=result)
     if boxes_all is not None:
         render_split_localization(entry, loaded, dataset, split, boxes_all, settings)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _localization(key: str, image_key: str, method: str, layer: str | None, _loaded: LoadedModel,
-                  _images: list[str], _boxes: pd.DataFrame, root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _localization(key: str, image_key: str, method: str, layer: str | None, options: tuple, _loaded: LoadedModel,
+                  _images: list[str], _boxes: pd.DataFrame, root: str, _saliency: SaliencyOptions | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     from cxrcore.localization import localize_images, summarize_localization
 
-    records = localize_images(_loaded, _images, _boxes, image_root=root, method=method, layer=layer)
+    records = localize_images(_loaded, _images, _boxes, image_root=root, method=method, layer=layer,
+                              saliency_options=_saliency)
     return records, summarize_localization(records)
 
 
@@ -580,15 +805,15 @@ def render_split_localization(entry: ModelEntry, loaded: LoadedModel, dataset: A
             return
         st.caption("Every boxed (image, class) of the split, with the current method and layer. The random "
                    "baseline is the boxes' share of the image: a random point's chance of a hit.")
-        run_key = (model_key(entry, loaded), split.name, settings.method, settings.layer)
+        run_key = (model_key(entry, loaded), split.name, settings.method, settings.layer, settings.options_key())
         if st.button("Score the maps against the boxes", key="cam_localize") or \
                 st.session_state.get("cam_localized") == run_key:
             st.session_state["cam_localized"] = run_key
             with st.spinner(f"Maps of {len(names):,} images..."):
                 stamp = Path(dataset.bbox_file).stat().st_mtime if dataset.bbox_file else 0
                 records, summary = _localization(model_key(entry, loaded), f"{split.source}|{len(names)}|{stamp}",
-                                                 settings.method, settings.layer, loaded, names, boxes,
-                                                 str(dataset.image_root))
+                                                 settings.method, settings.layer, settings.options_key(), loaded,
+                                                 names, boxes, str(dataset.image_root), settings.saliency_options)
             st.dataframe(summary.round(3), hide_index=True, width="stretch")
             st.download_button("Download the per-finding scores (CSV)", csv_text(records).encode(),
                                file_name=f"localization_{split.name}_{settings.method}.csv", mime="text/csv",
@@ -613,6 +838,8 @@ def render_upload(entry: ModelEntry, loaded: LoadedModel, settings: MapSettings)
                                     read=lambda: image, shown_image=shown, original=original, truth=None, boxes=None,
                                     best=[], known_probs=None, threshold=None)
         render_faithfulness(loaded, lambda: image, result, shown)
+        render_comparison(entry, loaded, settings, image_key=f"upload|{digest}", read=lambda: image,
+                          shown_image=shown, original=original, boxes=None, result=result)
 
 
 # --------------------------------------------------------------------------------------------

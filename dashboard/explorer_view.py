@@ -11,7 +11,8 @@ from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS, NO_FINDING
 from cxrcore.paths import resolve_image
 from dashboard import charts
-from dashboard.loaders import ActiveDataset, preview, split_key
+from dashboard.loaders import ActiveDataset, preview_jpeg, split_key
+from dashboard.widgets import section
 
 GRID_COLUMNS = 6
 PAGE_SIZE = 24
@@ -42,15 +43,21 @@ def render_structure(dataset: ActiveDataset) -> None:
     summaries = _summaries(splits, key)
     left, right = st.columns([3, 2])
     with left:
-        names = [s.name for s in summaries]
-        chosen = st.selectbox("Co-occurrence in split", names, key="explorer_cooc_split")
-        summary = summaries[names.index(chosen)]
-        figure = charts.cached_figure("cooccurrence", (key, chosen), lambda: charts.cooccurrence_heatmap(
-            summary.cooccurrence, f"Label co-occurrence: {chosen}"))
-        st.plotly_chart(figure, width="stretch")
+        render_cooccurrence(summaries, key)
     with right:
         st.plotly_chart(charts.cached_figure("labels_per_image", key, lambda: charts.labels_per_image(summaries)),
                         width="stretch")
+
+
+@section("the co-occurrence chart")
+def render_cooccurrence(summaries: list, key: tuple) -> None:
+    """The co-occurrence heatmap of the chosen split (its selector reruns only this)."""
+    names = [s.name for s in summaries]
+    chosen = st.selectbox("Co-occurrence in split", names, key="explorer_cooc_split")
+    summary = summaries[names.index(chosen)]
+    figure = charts.cached_figure("cooccurrence", (key, chosen), lambda: charts.cooccurrence_heatmap(
+        summary.cooccurrence, f"Label co-occurrence: {chosen}"))
+    st.plotly_chart(figure, width="stretch")
 
 
 def render_demographics(dataset: ActiveDataset) -> None:
@@ -68,8 +75,9 @@ def render_demographics(dataset: ActiveDataset) -> None:
         column.plotly_chart(figure, width="stretch")
 
 
-def findings_text(row: pd.Series) -> str:
-    return ", ".join(label for label in LABELS if row[label]) or NO_FINDING
+def findings_text(positives) -> str:
+    """'Cardiomegaly, Effusion' from one row's 14 label values (in LABELS order), or 'No Finding'."""
+    return ", ".join(label for label, value in zip(LABELS, positives) if value) or NO_FINDING
 
 
 def filter_images(splits: dict[str, Split], split_names: list[str], label: str, patient: str) -> pd.DataFrame:
@@ -96,8 +104,9 @@ def _enlarge(path: str, caption: str) -> None:
     st.image(path, caption=caption, width="stretch")
 
 
+@section("the image grid")
 def render_grid(dataset: ActiveDataset) -> None:
-    """Thumbnails with filters (label, split, patient); click to enlarge."""
+    """Thumbnails with filters (label, split, patient); click to enlarge. Its widgets rerun only the grid."""
     st.subheader("Images")
     if dataset.image_root is None:
         st.info("This dataset has no image folder (put images in images/ or images-small/ beside the CSVs).")
@@ -116,14 +125,14 @@ def render_grid(dataset: ActiveDataset) -> None:
     shown = rows.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     grid = st.columns(GRID_COLUMNS)
     root = Path(dataset.image_root)
-    for i, row in enumerate(shown.itertuples(index=False)):
+    positives = shown[list(LABELS)].to_numpy()
+    for i, (image, split, labels) in enumerate(zip(shown[IMAGE].astype(str), shown["split"], positives)):
         cell = grid[i % GRID_COLUMNS]
-        series = pd.Series(row._asdict())
-        caption = f"{row.Image} · {row.split}\n{findings_text(series)}"
-        thumb = preview(root, row.Image)
+        caption = f"{image} · {split}\n{findings_text(labels)}"
+        thumb = preview_jpeg(root, image)
         if thumb is None:
-            cell.caption(f"{row.Image}: missing or unreadable")
+            cell.caption(f"{image}: missing or unreadable")
             continue
-        cell.image(thumb, caption=caption, width="stretch")
-        if cell.button("Enlarge", key=f"enlarge_{row.split}_{row.Image}"):
-            _enlarge(str(resolve_image(root, row.Image)), caption)
+        cell.image(thumb, caption=caption, width="stretch", output_format="JPEG")
+        if cell.button("Enlarge", key=f"enlarge_{split}_{image}"):
+            _enlarge(str(resolve_image(root, image)), caption)

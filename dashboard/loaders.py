@@ -101,6 +101,27 @@ def preview(root: str | Path, name: str, size: int = 192) -> np.ndarray | None:
     return thumbnail(str(path), path.stat().st_mtime, size) if path.is_file() else None
 
 
+def preview_jpeg(root: str | Path, name: str, size: int = 192) -> bytes | None:
+    """The same thumbnail as `preview`, encoded as JPEG once and shared: drawing bytes costs Streamlit no
+    encoding, so a grid of 24 thumbnails reruns in a few milliseconds instead of ~25."""
+    try:
+        path = resolve_image(root, name)
+    except DatasetError:
+        return None
+    return thumbnail_jpeg(str(path), path.stat().st_mtime, size) if path.is_file() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail_jpeg(path: str, mtime: float, size: int = 192) -> bytes | None:
+    import cv2
+
+    image = thumbnail(path, mtime, size)
+    if image is None:
+        return None
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return data.tobytes() if ok else None
+
+
 @st.cache_data(show_spinner=False, max_entries=4096)
 def thumbnail(path: str, mtime: float, size: int = 192) -> np.ndarray | None:
     """A small uint8 grayscale preview of an image file; None when it cannot be decoded.

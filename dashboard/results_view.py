@@ -32,7 +32,7 @@ from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
 from dashboard.loaders import split_key
 from dashboard.state import models_root, runs_root
-from dashboard.widgets import show_warnings, teaching_note, user_errors
+from dashboard.widgets import section, show_warnings, teaching_note, user_errors
 
 BOOTSTRAP_KEY = "results_bootstrap"
 DEFAULT_BOOTSTRAP = 1000
@@ -527,6 +527,7 @@ def render_auroc_table(split: Split, evaluated: Mapping[str, Evaluated], overlap
                   "Classes with few positives get wide intervals: read them before comparing numbers.")
 
 
+@section("the AUROC chart")
 def render_auroc_bars(evaluated: Mapping[str, Evaluated]) -> None:
     labels = [label for label in LABELS if any(label in e.result.classes for e in evaluated.values())]
     values = {name: {label: (m.auroc, m.ci_low, m.ci_high) for label, m in e.result.classes.items()}
@@ -544,6 +545,7 @@ def render_auroc_bars(evaluated: Mapping[str, Evaluated]) -> None:
                   "against a paper's number.")
 
 
+@section("the curves")
 def render_curves(evaluated: Mapping[str, Evaluated]) -> None:
     st.subheader("ROC and precision-recall curves")
     names = list(evaluated)
@@ -556,38 +558,42 @@ def render_curves(evaluated: Mapping[str, Evaluated]) -> None:
     # all classes: two tall grids, one per tab; one class: ROC and PR side by side
     roc_tab, pr_tab = st.tabs(["ROC", "Precision-recall"]) if choice == ALL_CLASSES else st.columns(2)
     shown = labels if choice == ALL_CLASSES else [choice]
-    rocs = {label: {n: roc_curve(*e.column(label)) for n, e in evaluated.items() if label in e.defined()}
-            for label in shown}
-    prs = {label: {n: pr_curve(*e.column(label)) for n, e in evaluated.items() if label in e.defined()}
-           for label in shown}
     aurocs = {n: {label: m.auroc for label, m in e.result.classes.items()} for n, e in evaluated.items()}
     auprcs = {n: {label: m.auprc for label, m in e.result.classes.items()} for n, e in evaluated.items()}
-    prevalence = {}
-    for label in shown:
-        owner = next(e for e in evaluated.values() if label in e.aligned.labels)
-        prevalence[label] = float(np.mean(owner.column(label)[0]))
+
+    # The curves are computed inside the builders: only when a figure is not cached yet.
+    def rocs() -> dict:
+        return {label: {n: roc_curve(*e.column(label)) for n, e in evaluated.items() if label in e.defined()}
+                for label in shown}
+
+    def prs() -> dict:
+        return {label: {n: pr_curve(*e.column(label)) for n, e in evaluated.items() if label in e.defined()}
+                for label in shown}
+
+    def prevalence() -> dict[str, float]:
+        owners = {label: next(e for e in evaluated.values() if label in e.aligned.labels) for label in shown}
+        return {label: float(np.mean(owner.column(label)[0])) for label, owner in owners.items()}
+
+    key = (evaluated_key(evaluated), choice)
     with roc_tab:
         if choice == ALL_CLASSES:
-            figure = cached_figure("roc_grid", evaluated_key(evaluated),
-                                          lambda: charts.roc_grid(rocs, aurocs, names))
-            st.plotly_chart(figure, width="stretch", key="results_roc")
+            figure = cached_figure("roc_grid", key, lambda: charts.roc_grid(rocs(), aurocs, names))
         else:
             points = {}
             for n, e in evaluated.items():
                 m = e.result.classes.get(choice)
                 if m is not None and not math.isnan(m.threshold):
                     points[n] = (1.0 - m.specificity, m.sensitivity, m.threshold)
-            st.plotly_chart(charts.roc_figure(choice, rocs[choice], {n: aurocs[n].get(choice, math.nan)
-                                                                      for n in names}, points),
-                            width="stretch", key="results_roc")
+            figure = cached_figure("roc_class", key, lambda: charts.roc_figure(
+                choice, rocs()[choice], {n: aurocs[n].get(choice, math.nan) for n in names}, points))
+        st.plotly_chart(figure, width="stretch", key="results_roc")
     with pr_tab:
         if choice == ALL_CLASSES:
-            figure = cached_figure("pr_grid", evaluated_key(evaluated),
-                                          lambda: charts.pr_grid(prs, auprcs, prevalence, names))
-            st.plotly_chart(figure, width="stretch", key="results_pr")
+            figure = cached_figure("pr_grid", key, lambda: charts.pr_grid(prs(), auprcs, prevalence(), names))
         else:
-            st.plotly_chart(charts.pr_figure(choice, prs[choice], {n: auprcs[n].get(choice, math.nan) for n in names},
-                                             prevalence[choice]), width="stretch", key="results_pr")
+            figure = cached_figure("pr_class", key, lambda: charts.pr_figure(
+                choice, prs()[choice], {n: auprcs[n].get(choice, math.nan) for n in names}, prevalence()[choice]))
+        st.plotly_chart(figure, width="stretch", key="results_pr")
     skipped = [label for label in LABELS if label not in labels
                and any(label in e.aligned.labels for e in evaluated.values())]
     if skipped:
@@ -650,6 +656,7 @@ def _default_threshold(e: Evaluated, label: str) -> float:
     return min(1.0, max(0.0, math.floor(m.threshold * 1000) / 1000))
 
 
+@section("the threshold explorer")
 def render_threshold_explorer(evaluated: Mapping[str, Evaluated]) -> None:
     st.subheader("Threshold explorer")
     left, right = st.columns(2)
@@ -675,7 +682,9 @@ def render_threshold_explorer(evaluated: Mapping[str, Evaluated]) -> None:
         st.caption(f"Youden point of {name} for {label}: threshold {m.threshold:.4f} (sensitivity "
                    f"{m.sensitivity:.3f}, specificity {m.specificity:.3f}).")
     chart, numbers = st.columns([3, 2])
-    chart.plotly_chart(charts.confusion_figure(tm, label), width="stretch", key="results_confusion")
+    key = (e.key, name, label, threshold)
+    chart.plotly_chart(cached_figure("confusion", key, lambda: charts.confusion_figure(tm, label)), width="stretch",
+                       key="results_confusion")
     with numbers:
         a, b = st.columns(2)
         a.metric("Sensitivity", _pct(tm.sensitivity), help="TP / (TP + FN): share of positives found.")
@@ -684,7 +693,8 @@ def render_threshold_explorer(evaluated: Mapping[str, Evaluated]) -> None:
         b.metric("NPV", _pct(tm.npv), help="TN / (TN + FN): share of all-clears that are right.")
         st.caption(f"{tm.tp + tm.fn:,} images with {label}, {tm.tn + tm.fp:,} without; "
                    f"prevalence {m.prevalence:.1%}.")
-    st.plotly_chart(charts.score_histogram(label, y, p, threshold, name), width="stretch", key="results_scores")
+    st.plotly_chart(cached_figure("scores", key, lambda: charts.score_histogram(label, y, p, threshold, name)),
+                    width="stretch", key="results_scores")
     teaching_note("choosing a threshold",
                   "AUROC summarises every threshold; a deployed model needs one. Lowering the threshold "
                   "finds more positives (sensitivity up) and raises more false alarms (specificity down). "
@@ -696,20 +706,26 @@ def _pct(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
+@section("the calibration chart")
 def render_calibration(evaluated: Mapping[str, Evaluated]) -> None:
     st.subheader("Calibration")
     labels = [label for label in LABELS if any(label in e.aligned.labels for e in evaluated.values())]
     label = st.selectbox("Class", [POOLED, *labels], index=1 + labels.index("Cardiomegaly")
                          if "Cardiomegaly" in labels else 0, key="results_calibration_class")
-    bins, brier = {}, {}
-    for name, e in evaluated.items():
-        if label == POOLED:
-            y, p = e.aligned.y.ravel(), e.aligned.probs.ravel()
-            bins[name], brier[name] = reliability_bins(y, p), brier_score(y, p)
-        elif label in e.result.classes:
-            m = e.result.classes[label]
-            bins[name], brier[name] = m.reliability, m.brier
-    st.plotly_chart(charts.calibration_figure(label, bins, brier), width="stretch", key="results_calibration")
+
+    def build():
+        bins, brier = {}, {}
+        for name, e in evaluated.items():
+            if label == POOLED:
+                y, p = e.aligned.y.ravel(), e.aligned.probs.ravel()
+                bins[name], brier[name] = reliability_bins(y, p), brier_score(y, p)
+            elif label in e.result.classes:
+                m = e.result.classes[label]
+                bins[name], brier[name] = m.reliability, m.brier
+        return charts.calibration_figure(label, bins, brier)
+
+    st.plotly_chart(cached_figure("calibration", (evaluated_key(evaluated), label), build), width="stretch",
+                    key="results_calibration")
     st.caption("Brier score: mean of (p - y)² over the images, lower is better; ")
     teaching_note("calibration",
                   "A calibrated model's 0.3 means 'about 30 % of such images have the finding'. Points above "

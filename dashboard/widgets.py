@@ -1,10 +1,11 @@
 """Widgets shared by every page: error display, teaching notes, uploads, verdict banners."""
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import streamlit as st
 
@@ -12,6 +13,7 @@ from cxrcore.errors import CxrError, DataWarning
 from dashboard.state import teaching_mode
 
 log = logging.getLogger("cxr_dashboard")
+F = TypeVar("F", bound=Callable)
 
 
 class _Stop(Exception):
@@ -31,6 +33,25 @@ def user_errors(what: str = "") -> Iterator[None]:
         log.error("unexpected error%s:\n%s", f" in {what}" if what else "", traceback.format_exc())
         st.error(f"{what + ': ' if what else ''}unexpected {type(err).__name__}: {err}. "
                  "The details are in the server log.", icon=":material/error:")
+
+
+def section(what: str) -> Callable[[F], F]:
+    """Decorator: a page section whose own widgets rerun only this section (`st.fragment`), not the page.
+
+    A full page run redraws the sidebar and every other section; a student moving a slider needs none of
+    that. The section keeps the arguments of the last full run, so it must only read its inputs from
+    them and its own widgets. Errors inside show as `user_errors(what)` would (a fragment otherwise
+    draws an exception box). Returns the section's value on full runs."""
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def run(*args, **kwargs):
+            with user_errors(what):
+                return func(*args, **kwargs)
+            return None
+
+        return st.fragment(run)  # type: ignore[return-value]
+
+    return decorate
 
 
 def show_warnings(warnings: list[DataWarning], limit: int = 5) -> None:

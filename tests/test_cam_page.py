@@ -190,3 +190,82 @@ def test_no_model_gives_guidance(world, monkeypatch, tmp_path):
     at = open_page(monkeypatch, world, models=tmp_path / "no-models")
     assert not at.error
     assert any("No model yet" in i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient methods and two methods side by side
+# --------------------------------------------------------------------------------------------
+
+def test_smoothgrad_as_the_method_with_its_sliders(page):
+    at = page
+    at.segmented_control(key="cam_method").set_value("smoothgrad").run()
+    at.slider(key="cam_samples").set_value(4).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(overlays(at)) == 4
+    assert any("SmoothGrad (4 samples, noise 0.15) on the input pixels" in c.value for c in at.caption)
+    assert at.selectbox(key="cam_layer_input").disabled
+    at.segmented_control(key="cam_method").set_value("integrated-gradients").run()
+    at.slider(key="cam_steps").set_value(8).run()
+    assert not at.exception and len(overlays(at)) == 4
+    assert any("Integrated Gradients (8 steps from a flat baseline) on the input pixels" in c.value
+               for c in at.caption)
+
+
+def test_compare_two_methods_side_by_side_with_agreement_faithfulness_and_pointing(page, world):
+    at = page
+    at.selectbox(key="cam_image").set_value(world["boxed"][0]).run()  # a Mass box on this image
+    at.slider(key="cam_samples").set_value(4).run()
+    assert not any(c.startswith("SmoothGrad") for c in captions(at))
+    at.toggle(key="cam_compare").set_value(True).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="cam_compare_a").value == "cam"
+    assert at.selectbox(key="cam_compare_b").value == "smoothgrad"
+    assert at.selectbox(key="cam_compare_class").value == "Mass"  # the boxed class first
+    side = [c for c in captions(at) if c.endswith(tuple(f"p={p / 100:.2f}" for p in range(101)))
+            and " · Mass · " in c]
+    assert [c.split(" · ")[0] for c in side] == ["CAM on layer `features`",
+                                                 "SmoothGrad (4 samples, noise 0.15) on the input pixels"]
+    metrics = {m.label: m.value for m in at.metric}
+    rho = metrics["Spearman rank correlation"]
+    assert rho == "n/a (a flat map)" or -1 <= float(rho) <= 1
+    assert 0 <= float(metrics["Top 10% pixels overlap (IoU)"]) <= 1
+    table = next(d.value for d in at.dataframe if "deletion AUC" in d.value.columns)
+    assert list(table["method"]) == ["CAM", "SmoothGrad (4 samples, noise 0.15)"]
+    assert set(table["pointing"]) <= {"hit", "miss"}
+    for column in ("deletion AUC", "insertion AUC", "deletion AUC (random)", "insertion AUC (random)"):
+        assert ((0 <= table[column]) & (table[column] <= 1)).all()
+    assert len(at.get("plotly_chart")) == 2  # the probabilities and the curves
+    # another pair: the agreement of a method with itself is perfect
+    at.selectbox(key="cam_compare_b").set_value("cam").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top 10% pixels overlap (IoU)"] == "1.00"
+    at.selectbox(key="cam_compare_a").set_value("integrated-gradients").run()
+    at.selectbox(key="cam_compare_class").set_value(at.selectbox(key="cam_compare_class").options[-1]).run()
+    assert not at.exception and not at.error
+    table = next(d.value for d in at.dataframe if "deletion AUC" in d.value.columns)
+    assert table["method"].iloc[0].startswith("Integrated Gradients")
+
+
+def test_a_model_without_a_conv_feature_map_offers_only_the_gradient_methods(world, monkeypatch, tmp_path):
+    import keras
+
+    from cxrcore.model import ModelInfo, save_model
+    from cxrcore.pipeline import Normalization
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    logits = keras.layers.Dense(14, name="logits")(keras.layers.Flatten()(inputs))
+    flat = keras.Model(inputs, keras.layers.Activation("sigmoid", name="predictions")(logits), name="flat")
+    info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="flat", backbone="flat")
+    save_model(flat, info, tmp_path / "models" / "flat.keras")
+    at = open_page(monkeypatch, world, models=tmp_path / "models")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert list(at.segmented_control(key="cam_method").options) == ["Gradient", "SmoothGrad", "Integrated Gradients"]
+    assert at.segmented_control(key="cam_method").value == "gradient"
+    assert any(c.value.startswith("CAM, Grad-CAM, Grad-CAM++: not offered for this model")
+               and "GlobalAveragePooling2D" in c.value for c in at.caption)
+    assert len(overlays(at)) == 4
+    at.toggle(key="cam_compare").set_value(True).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="cam_compare_b").value == "smoothgrad"
+    assert at.selectbox(key="cam_compare_a").options == ["Gradient", "SmoothGrad", "Integrated Gradients"]
