@@ -5,9 +5,11 @@ CXR_DATA_ROOT / CXR_MODELS_ROOT / CXR_RUNS_ROOT / CXR_CACHE_ROOT in a work folde
 dataset and a demo model (made once with `python -m cxrcore demo` and `train --preset demo`, then
 reused; the prediction cache starts empty on every run).
 
-Each student speaks Streamlit's own protocol, as the browser does: one websocket to /_stcore/stream,
-BackMsg `rerun_script` (page, widget states) out, ForwardMsgs back until `script_finished`, then the
-new images of the page fetched over HTTP (cached per student, as a browser does). A student opens
+Each student speaks Streamlit's own protocol, as the browser does: the page's HTML first (behind the
+classroom proxy it sets the cookie that keeps the student on one worker), one websocket to
+/_stcore/stream, BackMsg `rerun_script` (the shown page, widget states; the fragment id when the widget
+lives in an `st.fragment`, so only that section reruns) out, ForwardMsgs back until `script_finished`,
+then the new images of the page fetched over HTTP (cached per student, as a browser does). A student opens
 Home, then loops with a think time of --think seconds (seeded) between actions:
 Dataset explorer (open, change the label filter or the page), Results (open, pick the prediction
 files compared with the sidebar's model), GradCAM explorer (open, "Next" image).
@@ -19,9 +21,16 @@ children) is sampled every second; the model must be loaded once (dashboard.mode
 Finally a Playwright smoke: --browsers Chromium contexts (Debian's /usr/bin/chromium, never a
 download) open the same four pages and must show no exception or error box.
 
+--workers N serves the app as scripts/classroom.py does for a class: N Streamlit processes behind
+Debian's nginx, sticky by cookie, all pinned to the same --cores CPUs (the script opens the main pages
+once per worker before the proxy starts, so the "cold" loop is warm there). Several values
+(--workers 1 2) run one classroom after the other, each with an empty prediction cache, and end with a
+comparison table. Memory is then the RSS of every process (the workers, nginx, the script).
+
 Run: python bench/bench_classroom.py [--sessions 30] [--duration 120] [--work bench/.cache/classroom]
-     [--think 1 3] [--seed 0] [--cores 2] [--browsers 3] [--json FILE]
-Exit status: 0 when there were no errors, the model was loaded once and the smoke passed; else 1.
+     [--think 1 3] [--seed 0] [--cores 2] [--browsers 3] [--workers N [N ...]] [--json FILE]
+Exit status: 0 when there were no errors, each model was loaded once per process and the smoke passed;
+else 1.
 """
 from __future__ import annotations
 
@@ -118,9 +127,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "CXR_DATA_ROOT": str(roots["data"]), "CXR_MODELS_ROOT": str(roots["models"]),
-               "CXR_RUNS_ROOT": str(roots["runs"]), "CXR_CACHE_ROOT": str(roots["cache"]),
-               "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
+        env = roots_env(roots)
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(self.port),
@@ -153,6 +160,90 @@ class Server:
                 self.process.wait()
         self._log.close()
 
+    @property
+    def log_paths(self) -> list[Path]:
+        """One log per Streamlit process (model loads and errors are counted in each)."""
+        return [self.log_path]
+
+
+def roots_env(roots: dict[str, Path]) -> dict[str, str]:
+    return {**os.environ, "CXR_DATA_ROOT": str(roots["data"]), "CXR_MODELS_ROOT": str(roots["models"]),
+            "CXR_RUNS_ROOT": str(roots["runs"]), "CXR_CACHE_ROOT": str(roots["cache"]),
+            "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
+
+
+def free_port_run(count: int) -> int:
+    """A first port of `count` consecutive free loopback ports."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - count)
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ProxiedServer:
+    """`scripts/classroom.py`: `workers` Streamlit processes behind nginx, all on loopback and pinned to
+    `cpus`, with the four roots set; its logs (one per worker, nginx's) go to `state`."""
+
+    def __init__(self, roots: dict[str, Path], state: Path, cpus: set[int], workers: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state, self.workers = state, workers
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        self.log_path = state / "classroom.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "classroom.py"), "--workers", str(workers), "--host", "127.0.0.1",
+             "--port", str(self.port), "--worker-port", str(free_port_run(workers)), "--state-dir", str(state)],
+            cwd=ROOT, env=roots_env(roots), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+
+    def wait(self, timeout: float = 180) -> None:
+        """Until the proxy answers /_stcore/health (the script starts nginx once every worker answers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"scripts/classroom.py exited early; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"the classroom proxy did not answer in {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM to the script (it stops nginx and the workers); whatever is left of its tree, SIGKILL."""
+        tree = process_tree(self.process.pid)
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.process.wait()
+        self._log.close()
+
+    @property
+    def log_paths(self) -> list[Path]:
+        return [self.state / f"worker-{i}.log" for i in range(self.workers)]
+
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants, from /proc."""
@@ -171,17 +262,19 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def own_rss(pid: int) -> int:
+    """Resident memory (bytes) of one process (0 when it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(found.group(1)) * 1024 if found else 0
+
+
 def tree_rss(pid: int) -> int:
     """Resident memory (bytes) of a process and its children."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-        total += int(found.group(1)) * 1024 if found else 0
-    return total
+    return sum(own_rss(member) for member in process_tree(pid))
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -259,10 +352,12 @@ class Render:
 
 @dataclass
 class Widget:
-    """A widget drawn in the last run: its element type and proto (options, bounds, id)."""
+    """A widget drawn in the last run: its element type, proto (options, bounds, id) and the fragment it
+    belongs to ('' outside any fragment: changing it reruns the whole page)."""
 
     kind: str
     proto: object
+    fragment: str = ""
 
 
 _WIDGET_KEY = re.compile(r"^\$\$ID-[0-9a-f]+-(.*)$")
@@ -275,6 +370,8 @@ class Student:
         self.port, self.number, self.rng = port, number, rng
         self.pages: dict[str, str] = {}  # url path -> page_script_hash
         self.widgets: dict[str, Widget] = {}
+        self.cookie = ""  # what the server's first answer set (the proxy's worker cookie)
+        self.page_hash = ""  # the page shown (from the last navigation message); widget changes name it
         self.fetched: set[str] = set()
         self.renders: list[Render] = []
         self.phase = COLD
@@ -283,10 +380,18 @@ class Student:
         self._media = asyncio.Semaphore(MEDIA_CONNECTIONS)
 
     async def connect(self) -> None:
+        """Load the page's HTML first, as a browser does (behind the classroom proxy its answer sets the
+        cookie that keeps this student on one worker), then open the websocket with that cookie."""
         from websockets.asyncio.client import connect
 
+        status, cookies = await http_get(self.port, "/")
+        if status != 200:
+            raise ConnectionError(f"GET /: HTTP {status}")
+        self.cookie = "; ".join(cookies)
+        headers = {"Cookie": self.cookie} if self.cookie else None
         self._ws = await connect(f"ws://127.0.0.1:{self.port}/_stcore/stream", subprotocols=["streamlit"],
-                                 origin=f"http://127.0.0.1:{self.port}", max_size=None, open_timeout=60)
+                                 origin=f"http://127.0.0.1:{self.port}", max_size=None, open_timeout=60,
+                                 additional_headers=headers)
 
     @property
     def connected(self) -> bool:
@@ -296,18 +401,22 @@ class Student:
         if self._ws is not None:
             await self._ws.close()
 
-    async def rerun(self, action: str, page: str | None = None, widgets: list | None = None) -> Render:
-        """Ask for one script run (on `page`, with changed `widgets`), time it, check it, fetch its images."""
+    async def rerun(self, action: str, page: str | None = None, widgets: list | None = None,
+                    fragment: str = "") -> Render:
+        """Ask for one script run (on `page`, with changed `widgets`; only `fragment` when the widgets
+        belong to one, as the browser does), time it, check it, fetch its images."""
         from streamlit.proto.BackMsg_pb2 import BackMsg
 
         message = BackMsg()
         state = message.rerun_script
         state.query_string = ""
-        if page is not None:
-            if page in self.pages:
-                state.page_script_hash = self.pages[page]
-            else:
-                state.page_name = page
+        state.fragment_id = fragment
+        if page is None:  # a widget changed: the browser names the page it shows
+            state.page_script_hash = self.page_hash
+        elif page in self.pages:
+            state.page_script_hash = self.pages[page]
+        else:
+            state.page_name = page
         for widget in widgets or []:
             state.widget_states.widgets.append(widget)
         started = time.perf_counter()
@@ -316,7 +425,8 @@ class Student:
         reruns = 0
         try:
             await self._ws.send(message.SerializeToString())
-            reruns = await asyncio.wait_for(self._read_until_finished(errors, media), RUN_TIMEOUT_S)
+            reruns = await asyncio.wait_for(self._read_until_finished(errors, media, bool(fragment)),
+                                            RUN_TIMEOUT_S)
         except asyncio.TimeoutError:
             errors.append(f"no script_finished within {RUN_TIMEOUT_S:.0f} s")
             self.broken = True
@@ -330,21 +440,24 @@ class Student:
         self.renders.append(render)
         return render
 
-    async def _read_until_finished(self, errors: list[str], media: list[str]) -> int:
-        """Read ForwardMsgs until the run finishes; collect errors, widgets and image URLs. Returns the
-        number of reruns the app itself started (st.rerun) on the way."""
+    async def _read_until_finished(self, errors: list[str], media: list[str], fragment_run: bool = False) -> int:
+        """Read ForwardMsgs until the run finishes; collect errors, widgets and image URLs (a fragment
+        run redraws only its fragment: the other widgets stay). Returns the number of reruns the app
+        itself started (st.rerun) on the way."""
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-        self.widgets = {}
+        if not fragment_run:
+            self.widgets = {}
         reruns = 0
         while True:
             message = ForwardMsg()
             message.ParseFromString(await self._ws.recv())
             kind = message.WhichOneof("type")
             if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                self._element(message.delta.new_element, errors, media)
+                self._element(message.delta.new_element, errors, media, message.delta.fragment_id)
             elif kind == "navigation":
                 self.pages.update({p.url_pathname: p.page_script_hash for p in message.navigation.app_pages})
+                self.page_hash = message.navigation.page_script_hash
             elif kind == "page_not_found":
                 errors.append(f"page not found: {message.page_not_found.page_name!r}")
             elif kind == "session_event" and message.session_event.WhichOneof("type") == \
@@ -359,7 +472,7 @@ class Student:
                     errors.append("script finished with a compile error")
                 return reruns
 
-    def _element(self, element, errors: list[str], media: list[str]) -> None:
+    def _element(self, element, errors: list[str], media: list[str], fragment: str = "") -> None:
         kind = element.WhichOneof("type")
         body = getattr(element, kind) if kind else None
         if kind == "exception":
@@ -371,7 +484,7 @@ class Student:
         elif body is not None and getattr(body, "id", ""):
             found = _WIDGET_KEY.match(body.id)
             if found:
-                self.widgets[found.group(1)] = Widget(kind, body)
+                self.widgets[found.group(1)] = Widget(kind, body, fragment)
 
     async def _fetch_media(self, urls: list[str], errors: list[str]) -> int:
         """GET the images not fetched before (a browser caches them by URL); non-200 answers are errors."""
@@ -379,7 +492,7 @@ class Student:
 
         async def get(url: str) -> None:
             async with self._media:
-                status = await http_status(self.port, url)
+                status, _ = await http_get(self.port, url, self.cookie)
             if status == 200:
                 self.fetched.add(url)
             else:
@@ -402,13 +515,14 @@ class Student:
         renders = [await self.rerun("Dataset explorer: open", page=PAGES["dataset"])]
         label, number = self.widgets.get("explorer_grid_label"), self.widgets.get("explorer_grid_page")
         if number is not None and number.proto.max > 1 and (label is None or self.rng.random() < 0.5):
-            value = widget_double(number.proto.id, self.rng.randint(2, int(number.proto.max)))
+            widget, value = number, widget_double(number.proto.id, self.rng.randint(2, int(number.proto.max)))
         elif label is not None:
-            value = widget_string(label.proto.id, self.rng.choice(list(label.proto.options)))
+            widget, value = label, widget_string(label.proto.id, self.rng.choice(list(label.proto.options)))
         else:
             return renders
         await self.think(THINK)
-        renders.append(await self.rerun("Dataset explorer: filter or page", widgets=[value]))
+        renders.append(await self.rerun("Dataset explorer: filter or page", widgets=[value],
+                                        fragment=widget.fragment))
         return renders
 
     async def results(self) -> list[Render]:
@@ -420,7 +534,8 @@ class Student:
         options = list(files.proto.options)
         chosen = self.rng.sample(options, self.rng.randint(0, min(2, len(options))))
         await self.think(THINK)
-        renders.append(await self.rerun("Results: pick models", widgets=[widget_strings(files.proto.id, chosen)]))
+        renders.append(await self.rerun("Results: pick models", widgets=[widget_strings(files.proto.id, chosen)],
+                                        fragment=files.fragment))
         return renders
 
     async def gradcam(self) -> list[Render]:
@@ -430,7 +545,8 @@ class Student:
         if button is None:
             return renders
         await self.think(THINK)
-        renders.append(await self.rerun("GradCAM explorer: next image", widgets=[widget_trigger(button.proto.id)]))
+        renders.append(await self.rerun("GradCAM explorer: next image", widgets=[widget_trigger(button.proto.id)],
+                                        fragment=button.fragment))
         return renders
 
     async def loop_once(self, deadline: float = float("inf")) -> None:
@@ -472,19 +588,24 @@ def widget_trigger(widget_id: str):
     return WidgetState(id=widget_id, trigger_value=True)
 
 
-async def http_status(port: int, path: str) -> int:
-    """Status of a plain HTTP/1.1 GET on loopback, body read to the end (no client library needed)."""
+async def http_get(port: int, path: str, cookie: str = "") -> tuple[int, list[str]]:
+    """Status and the cookies set (`name=value` each) of a plain HTTP/1.1 GET on loopback, body read to
+    the end (no client library needed)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = f"Cookie: {cookie}\r\n" if cookie else ""
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
         await writer.drain()
         data = await reader.read()
     finally:
         writer.close()
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    cookies = [line.split(":", 1)[1].split(";", 1)[0].strip() for line in head[1:]
+               if line.lower().startswith("set-cookie:")]
     try:
-        return int(data.split(b" ", 2)[1])
+        return int(head[0].split(" ", 2)[1]), cookies
     except (IndexError, ValueError):
-        return 0
+        return 0, cookies
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,11 +618,13 @@ class ClassroomResult:
 
     sessions: int
     duration: float
+    workers: int = 0  # 0: one plain server; N: N Streamlit processes behind the classroom proxy
     renders: list[Render] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)
     model_loads: int = 0
     models_used: int = 0
     rss: dict[str, int] = field(default_factory=dict)
+    process_rss: dict[str, int] = field(default_factory=dict)  # each process of the tree at the end
     rss_trend_mb_per_min: float = 0.0
     load_average: dict[str, float] = field(default_factory=dict)
     server_cpu_seconds: float = 0.0
@@ -559,11 +682,15 @@ def _own_cpu_seconds() -> float:
 
 def run_classroom(roots: dict[str, Path], *, sessions: int, duration: float, seed: int = 0,
                   cores: int = 2, browsers: int = 0, log_path: Path | None = None,
-                  settle: float = 2.0) -> ClassroomResult:
-    """Start a server on `roots` pinned to `cores` CPUs, run the classroom and the browser smoke, stop it.
+                  settle: float = 2.0, workers: int = 0) -> ClassroomResult:
+    """Start a server on `roots` pinned to `cores` CPUs (`workers` > 0: that many behind the classroom
+    proxy, logs in a folder beside `log_path`), run the classroom and the browser smoke, stop it.
     The 'end' memory sample is taken `settle` seconds after the students left."""
-    server = Server(roots, log_path or roots["cache"] / "server.log", split_cpus(cores)[0])
-    result = ClassroomResult(sessions=sessions, duration=duration)
+    log_path = log_path or roots["cache"] / "server.log"
+    cpus = split_cpus(cores)[0]
+    server = ProxiedServer(roots, log_path.with_name(f"classroom-{workers}"), cpus, workers) if workers \
+        else Server(roots, log_path, cpus)
+    result = ClassroomResult(sessions=sessions, duration=duration, workers=workers)
     sampler = MemorySampler(server.process.pid)
     try:
         server.wait()
@@ -583,6 +710,7 @@ def run_classroom(roots: dict[str, Path], *, sessions: int, duration: float, see
         result.rss_trend_mb_per_min = sampler.trend_mb_per_min(marks["time"] + result.load_seconds / 2)
         time.sleep(settle)  # let the server drop the closed sessions
         sampler.mark("end")
+        result.process_rss = {process_name(pid): own_rss(pid) for pid in process_tree(server.process.pid)}
         result.rss = {"start": sampler.marks["start"], "after first session": sampler.marks["after first session"],
                       "peak": sampler.peak(), "end": sampler.marks["end"]}
         result.load_average["max"] = max(load for _, _, load in sampler.samples)
@@ -595,11 +723,26 @@ def run_classroom(roots: dict[str, Path], *, sessions: int, duration: float, see
                 sampler.stop()
         finally:
             server.stop()
-    log = server.log_path.read_text(errors="replace")
-    result.model_loads = log.count(MODEL_LOADED)
-    result.models_used = len(set(re.findall(rf"{MODEL_LOADED} (\S+)", log))) or 1
-    result.server_errors = [f"server log: {line.strip()}" for line in log.splitlines() if SERVER_ERROR_LINE.search(line)]
+    logs = {path.name: path.read_text(errors="replace") for path in server.log_paths}
+    result.model_loads = sum(log.count(MODEL_LOADED) for log in logs.values())
+    result.models_used = sum(len(set(re.findall(rf"{MODEL_LOADED} (\S+)", log))) for log in logs.values()) or 1
+    result.server_errors = [f"{name}: {line.strip()}" for name, log in logs.items() for line in log.splitlines()
+                            if SERVER_ERROR_LINE.search(line)]
     return result
+
+
+def process_name(pid: int) -> str:
+    """`pid` and a short command line: the worker's port, nginx's role, or the program."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    words = [a.decode(errors="replace") for a in argv if a]
+    if "streamlit" in words and "--server.port" in words:
+        return f"{pid} streamlit :{words[words.index('--server.port') + 1]}"
+    if words and words[0].startswith("nginx"):
+        return f"{pid} {words[0].split(' process')[0]}"
+    return f"{pid} {' '.join(Path(w).name for w in words[:2])}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +829,9 @@ def report(result: ClassroomResult) -> str:
     phase = {name: [r for r in result.renders if r.phase == name] for name in (COLD, ALONE, LOAD)}
     alone = {row["action"]: row["p50"] for row in action_rows(phase[ALONE])}
     load = phase[LOAD]
-    lines = ["", "One student alone, first loop (cold: model load, predictions):", _table(action_rows(phase[COLD])),
+    setup = f"{result.workers} worker(s) behind nginx (scripts/classroom.py)" if result.workers \
+        else "one plain streamlit server"
+    lines = ["", f"== {result.sessions} students, {setup}", "", "One student alone, first loop (cold: model load, predictions):", _table(action_rows(phase[COLD])),
              "", "One student alone, second loop (warm; the baseline):", _table(action_rows(phase[ALONE])), "",
              f"{result.sessions} students together for {result.load_seconds:.0f} s, think time "
              f"{THINK[0]:g}-{THINK[1]:g} s: {len(load)} script runs requested "
@@ -707,7 +852,11 @@ def report(result: ClassroomResult) -> str:
     lines.append(f"CPU during the load ({result.load_seconds:.0f} s): server {result.server_cpu_seconds:.0f} s "
                  f"({result.server_cpu_seconds / busy:.2f} cores), bench client {result.client_cpu_seconds:.0f} s "
                  f"({result.client_cpu_seconds / busy:.2f} cores)")
-    lines.append(f"Model loads: {result.model_loads} (expected {result.models_used}: one per model file)")
+    if result.process_rss:
+        lines.append("  each process at the end: " + ", ".join(f"{name} {rss / mb:.0f} MB"
+                                                            for name, rss in result.process_rss.items()))
+    lines.append(f"Model loads: {result.model_loads} (expected {result.models_used}: one per model file"
+                 + (" per worker that served it)" if result.workers else ")"))
     if result.smoke:
         smoke = result.smoke
         if "skipped" in smoke:
@@ -739,7 +888,8 @@ def _table(rows: list[dict], baseline: dict[str, float] | None = None) -> str:
 
 
 def to_json(result: ClassroomResult) -> dict:
-    return {"sessions": result.sessions, "duration": result.duration, "load_seconds": result.load_seconds,
+    return {"sessions": result.sessions, "workers": result.workers, "duration": result.duration,
+            "load_seconds": result.load_seconds, "process_rss_bytes": result.process_rss,
             "think": list(THINK),
             **{name: action_rows([r for r in result.renders if r.phase == name]) for name in (COLD, ALONE, LOAD)},
             "rss_bytes": result.rss,
@@ -761,8 +911,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cores", type=int, default=2, help="CPUs the server is pinned to (default 2)")
     parser.add_argument("--browsers", type=int, default=3, help="Chromium contexts of the smoke (0: none)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], metavar="N",
+                        help="N Streamlit processes behind nginx (scripts/classroom.py); several values run one "
+                             "classroom each, in turn (e.g. --workers 1 2); 0: one plain server (default)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers (finally blocks) on a plain kill too
     THINK = (args.think[0], args.think[1])
     work = args.work.resolve()
     print(f"Preparing {work} ...", flush=True)
@@ -774,13 +928,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu cores: {os.cpu_count()}, server on CPUs {sorted(server_cpus)}, students on {sorted(client_cpus)}; "
           f"python {sys.version.split()[0]}, streamlit {streamlit.__version__}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    result = run_classroom(roots, sessions=args.sessions, duration=args.duration, seed=args.seed,
-                           cores=args.cores, browsers=args.browsers, log_path=work / "server.log")
-    print(report(result))
-    print(f"Server log: {work / 'server.log'}")
+    results = []
+    for workers in args.workers:
+        if results:
+            roots = prepare_work(work)  # every configuration starts with an empty prediction cache
+        result = run_classroom(roots, sessions=args.sessions, duration=args.duration, seed=args.seed,
+                               cores=args.cores, browsers=args.browsers, log_path=work / "server.log", workers=workers)
+        print(report(result), flush=True)
+        print("Server log(s): " + (str(work / "server.log") if not workers else str(work / f"classroom-{workers}")))
+        results.append(result)
+    if len(results) > 1:
+        print("\n" + comparison(results))
     if args.json:
-        args.json.write_text(json.dumps(to_json(result), indent=2))
-    return 0 if result.ok else 1
+        data = [to_json(r) for r in results]
+        args.json.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _interrupt(number: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {number}")
+
+
+def comparison(results: list[ClassroomResult]) -> str:
+    """One line per configuration: the load phase's p50 / p95 / max, runs per second, errors, peak RSS."""
+    lines = [f"  {'setup':<22}{'students':>9}{'runs':>6}{'per s':>7}{'p50 s':>8}{'p95 s':>8}{'max s':>8}"
+             f"{'errors':>8}{'peak RSS MB':>13}{'load avg max':>14}"]
+    for r in results:
+        times = [x.seconds for x in r.renders if x.phase == LOAD] or [float("nan")]
+        setup = f"{r.workers} worker(s) + nginx" if r.workers else "plain server"
+        lines.append(f"  {setup:<22}{r.sessions:>9}{len(times):>6}{len(times) / max(r.load_seconds, 1e-9):>7.1f}"
+                     f"{percentile(times, 50):>8.2f}{percentile(times, 95):>8.2f}{max(times):>8.2f}"
+                     f"{len(r.errors):>8}{r.rss.get('peak', 0) / 2**20:>13.0f}"
+                     f"{r.load_average.get('max', float('nan')):>14.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

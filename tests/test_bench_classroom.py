@@ -82,3 +82,24 @@ def test_the_model_load_line_is_the_one_the_dashboard_logs(bench):
     from dashboard.models import MODEL_LOADED
 
     assert bench.MODEL_LOADED == MODEL_LOADED
+
+
+def test_page_rerun_profiler_measures_full_runs_and_fragment_reruns(roots, tmp_path, monkeypatch):
+    """bench_page_reruns.py on the fixture: every listed page and widget measured, no errors, and the
+    widgets inside sections (st.fragment) rerun only their section through the websocket protocol."""
+    spec = importlib.util.spec_from_file_location("bench_page_reruns", ROOT / "bench" / "bench_page_reruns.py")
+    reruns = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = reruns  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(reruns)
+    pages = {title: reruns.PAGES[title] for title in ("Dataset explorer", "Results", "Class balance")}
+    # the fixture's prediction file covers the test split only: another split is (rightly) an error
+    monkeypatch.setitem(reruns.ACTIONS, "Results", [k for k in reruns.ACTIONS["Results"] if k != "results_split"])
+    costs = reruns.measure(roots, repeats=1, cores=2, log_path=tmp_path / "server.log", pages=pages)
+    rows = {(c.page, c.action): c.row() for c in costs}
+    assert [e for c in costs for e in c.errors] == []
+    assert {("Dataset explorer", "open (full run)"), ("Results", "open (full run)")} <= set(rows)
+    scopes = {action: row["scope"] for (page, action), row in rows.items()}
+    assert scopes["change explorer_grid_label"] == scopes["change loss_probability"] == "fragment"
+    assert scopes["change results_threshold_class"] == "fragment"
+    assert scopes["change results_models"] == "page" and scopes["change balance_split"] == "page"
+    assert all(row["runs"] == 1 and row["wall_s"] > 0 for row in rows.values())
