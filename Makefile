@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: run test setup chromium demo demo-model bench clean
+.PHONY: run test setup chromium nginx demo demo-model bench clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ run: demo
 chromium:
 	@tools/ensure-debian-package chromium chromium "the browser tests drive Debian's headless chromium"
 
-test: setup chromium
+# Debian's nginx (light build): the classroom's reverse proxy, and the proxy test; installed the same way.
+nginx:
+	@PATH="$$PATH:/usr/sbin" tools/ensure-debian-package nginx nginx-light "the classroom's reverse proxy and its test"
+
+test: setup chromium nginx
 	$(PY) -m pytest
 
 bench: setup
@@ -40,3 +44,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
+
+# Classroom: WORKERS Streamlit processes (one per core) behind Debian's nginx on 0.0.0.0:$(PORT), one browser
+# kept on one worker by a cookie; Ctrl-C stops everything. CXR_TEACHER_PASSCODE is read from the environment.
+WORKERS ?= 2
+.PHONY: classroom
+classroom: HOST = 0.0.0.0
+classroom: demo nginx
+	$(PY) scripts/classroom.py --workers $(WORKERS) --host $(HOST) --port $(PORT)

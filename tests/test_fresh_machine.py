@@ -88,14 +88,14 @@ def test_failed_apt_install_says_so(tmp_path):
 
 
 def test_make_test_checks_chromium_before_pytest():
-    """`make test` runs the check (the same script) and only then pytest; `.ci/run` just calls make test."""
+    """`make test` checks chromium and nginx (the same script) and only then runs pytest; `.ci/run` just calls it."""
     env = {**os.environ, "MAKEFLAGS": ""}
     dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    check = next(i for i, line in enumerate(lines) if "tools/ensure-debian-package chromium chromium" in line)
     pytest_line = next(i for i, line in enumerate(lines) if "-m pytest" in line)
-    assert check < pytest_line
+    for needed in ("tools/ensure-debian-package chromium chromium", "tools/ensure-debian-package nginx nginx-light"):
+        assert next(i for i, line in enumerate(lines) if needed in line) < pytest_line, needed
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "apt-get" not in ci
 
