@@ -266,7 +266,7 @@ def test_home_upload_shows_one_error_per_bad_csv_then_loads_a_good_one(world, tm
     good = world.dataset / "train.csv"
     at.file_uploader(key=uploader).set_value([(good.name, good.read_bytes(), "text/csv")]).run()
     assert not at.error and any(s.value == "Loaded 1 split(s): train (train)." for s in at.success)
-    at.button[0].click().run()  # "Work on the uploaded files"
+    next(b for b in at.button if b.label == "Work on the uploaded files").click().run()
     assert not at.exception and at.sidebar.selectbox[0].value == "Uploaded files"
 
 
