@@ -138,17 +138,7 @@ class Server:
 
     def wait(self, timeout: float = 120) -> None:
         """Until /_stcore/health answers."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited early; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"streamlit did not answer in {timeout} s; see {self.log_path}")
+        wait_healthy(self.process, self.url, timeout, f"streamlit (see {self.log_path})")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -191,6 +181,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def wait_healthy(process: subprocess.Popen, url: str, timeout: float, what: str) -> None:
+    """Until `url`/_stcore/health answers 200; RuntimeError when `process` exits first, TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{what} did not answer in {timeout} s")
+
+
 class ProxiedServer:
     """`scripts/classroom.py`: `workers` Streamlit processes behind nginx, all on loopback and pinned to
     `cpus`, with the four roots set; its logs (one per worker, nginx's) go to `state`."""
@@ -211,17 +216,7 @@ class ProxiedServer:
 
     def wait(self, timeout: float = 180) -> None:
         """Until the proxy answers /_stcore/health (the script starts nginx once every worker answers)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"scripts/classroom.py exited early; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"the classroom proxy did not answer in {timeout} s; see {self.log_path}")
+        wait_healthy(self.process, self.url, timeout, f"scripts/classroom.py (see {self.log_path})")
 
     def stop(self) -> None:
         """SIGTERM to the script (it stops nginx and the workers); whatever is left of its tree, SIGKILL."""

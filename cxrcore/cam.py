@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -231,24 +231,37 @@ def _gradcampp_weights(feats: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return (alpha * np.maximum(grads, 0.0)).sum(axis=(-3, -2))
 
 
-_CACHE: dict[int, tuple[weakref.ref, CamModel]] = {}
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 8
+class PerModelCache:
+    """`build(model)` built once per Keras model object and kept for the `size` most recent models.
+
+    Keyed by the object (a weak reference checks that the id was not reused), so the compiled functions
+    of a model loaded once per server process are traced once; thread-safe for Streamlit sessions."""
+
+    def __init__(self, build: Callable[[Any], Any], size: int = 8) -> None:
+        self._build, self._size = build, size
+        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: "keras.Model") -> Any:
+        key = id(model)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0]() is model:
+                return hit[1]
+        built = self._build(model)
+        with self._lock:
+            self._entries[key] = (weakref.ref(model), built)
+            while len(self._entries) > self._size:
+                self._entries.pop(next(iter(self._entries)))
+        return built
+
+
+_CAM_MODELS = PerModelCache(CamModel)
 
 
 def cam_model(model: "keras.Model") -> CamModel:
     """The CamModel of a Keras model, built on first use and cached (keyed by the model object)."""
-    key = id(model)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is model:
-            return hit[1]
-    built = CamModel(model)
-    with _CACHE_LOCK:
-        _CACHE[key] = (weakref.ref(model), built)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-    return built
+    return _CAM_MODELS(model)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,13 +25,12 @@ image, whatever the batching.
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cxrcore.cam import GRADIENT_METHODS, TARGETS
+from cxrcore.cam import GRADIENT_METHODS, TARGETS, PerModelCache
 from cxrcore.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -173,24 +172,12 @@ class SaliencyModel:
         return score[:, list(classes)], out
 
 
-_CACHE: dict[int, tuple[weakref.ref, SaliencyModel]] = {}
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 8
+_SALIENCY_MODELS = PerModelCache(SaliencyModel)
 
 
 def saliency_model(model: "keras.Model") -> SaliencyModel:
     """The SaliencyModel of a Keras model, built on first use and cached (keyed by the model object)."""
-    key = id(model)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is model:
-            return hit[1]
-    built = SaliencyModel(model)
-    with _CACHE_LOCK:
-        _CACHE[key] = (weakref.ref(model), built)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-    return built
+    return _SALIENCY_MODELS(model)
 
 
 # --------------------------------------------------------------------------------------------

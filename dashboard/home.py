@@ -9,7 +9,7 @@ import streamlit as st
 from cxrcore.catalog import split_role
 from dashboard.demo_offer import render_demo_offer
 from dashboard.loaders import UPLOADED, UPLOADS_KEY, datasets, uploaded_split
-from dashboard.state import PENDING_DATASET_KEY, data_root, models_root
+from dashboard.state import PENDING_DATASET_KEY, models_root
 from dashboard.widgets import user_errors
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
