@@ -52,6 +52,21 @@ def make_course_dataset(folder: Path, patients: int = 40, per_patient: int = 3, 
     return folder
 
 
+def sleeper_holding(run_dir: Path, seconds: int = 60) -> subprocess.Popen:
+    """A plain process that holds the run's train.lock (inherited descriptor), as a launched job does."""
+    import fcntl
+
+    from cxrcore import jobs
+
+    fd = os.open(run_dir / jobs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], pass_fds=(fd,),
+                            start_new_session=True)
+    jobs.RunLock(run_dir, fd).write_owner(proc.pid)
+    os.close(fd)
+    return proc
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ import pytest
 from cxrcore import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import make_course_dataset
+from tests.app_support import make_course_dataset, sleeper_holding
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +51,6 @@ def status_of(run_dir: Path) -> dict:
         return jobs.read_json(run_dir / "status.json")
     except ConfigError:
         return {}
-
-
-def _sleeper_holding(run_dir: Path) -> subprocess.Popen:
-    """A plain process that holds the run's lock (inherited descriptor), like a launched job."""
-    fd = os.open(run_dir / jobs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,),
-                            start_new_session=True)
-    jobs.RunLock(run_dir, fd).write_owner(proc.pid)
-    os.close(fd)
-    return proc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +107,7 @@ def test_a_dead_process_is_shown_as_interrupted_at_once(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"epochs": 3}))
-    proc = _sleeper_holding(run_dir)
+    proc = sleeper_holding(run_dir)
     try:
         jobs.atomic_write_json(run_dir / "status.json", {"state": "running", "pid": proc.pid, "host": jobs.hostname(),
                                                         "updated": time.time(), "epochs": 3})

@@ -24,7 +24,7 @@ import pytest
 from cxrcore import access, jobs
 from cxrcore.errors import ConfigError
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import ROOT, open_app_page
+from tests.app_support import ROOT, open_app_page, sleeper_holding
 
 PASSCODE = "correct-horse-battery"
 PAGE = "pages/training.py"
@@ -322,8 +322,6 @@ def listen_on(monkeypatch):
 @pytest.fixture()
 def live_runs(app_data_root, tmp_path):
     """runs/ with one running job (a sleeper holding its lock) and one interrupted job."""
-    import fcntl
-
     runs = tmp_path / "runs"
     config = config_from_dict({"preset": "demo", "dataset": str(app_data_root / "mini"), **TINY})
     dead = jobs.create_run(runs, config, run_id="b-interrupted")
@@ -331,12 +329,7 @@ def live_runs(app_data_root, tmp_path):
                                                   "updated": time.time(), "epochs": 1, "created": 2.0})
     (dead / jobs.LOCK_FILE).write_text("{}")
     alive = jobs.create_run(runs, config, run_id="a-running")
-    fd = os.open(alive / jobs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], pass_fds=(fd,),
-                               start_new_session=True)
-    jobs.RunLock(alive, fd).write_owner(sleeper.pid)
-    os.close(fd)
+    sleeper = sleeper_holding(alive, seconds=120)
     jobs.atomic_write_json(alive / "status.json", {"state": "running", "pid": sleeper.pid, "host": jobs.hostname(),
                                                    "updated": time.time(), "epochs": 1, "created": 3.0,
                                                    "phase": "training"})

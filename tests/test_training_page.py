@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from cxrcore import jobs
 from cxrcore.trainconfig import config_from_dict
-from tests.app_support import open_app_page
+from tests.app_support import open_app_page, sleeper_holding
 
 PAGE = "pages/training.py"
 TINY = {"input_size": 32, "batch_size": 16, "epochs": 1, "augmentation": False, "max_train_images": 48,
@@ -124,14 +123,7 @@ def test_broken_and_interrupted_runs_are_listed_and_a_running_one_can_be_cancell
     (broken / "config.json").write_text("{}")
     (broken / "status.json").write_text("{not json")
     alive = jobs.create_run(runs, config, run_id="a-running")
-    import fcntl
-
-    fd = os.open(alive / jobs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,),
-                               start_new_session=True)
-    jobs.RunLock(alive, fd).write_owner(sleeper.pid)
-    os.close(fd)
+    sleeper = sleeper_holding(alive)
     jobs.atomic_write_json(alive / "status.json", {"state": "running", "pid": sleeper.pid, "host": jobs.hostname(),
                                                    "updated": time.time(), "epochs": 1, "created": 3.0,
                                                    "phase": "training"})
