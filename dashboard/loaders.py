@@ -91,24 +91,28 @@ def active_dataset() -> ActiveDataset | None:
                          bbox_file=entry.bbox_file, entry=entry)
 
 
-def preview(root: str | Path, name: str, size: int = 192) -> np.ndarray | None:
-    """Thumbnail of image `name` in the image folder `root`; None when it is missing, unreadable,
-    too large to decode safely, or (through a name or a link) outside the folder."""
+def _preview_file(root: str | Path, name: str) -> tuple[str, float] | None:
+    """(path, mtime) of image `name` inside `root`, the cache key of its thumbnail; None when it is
+    missing or (through a name or a link) outside the folder."""
     try:
         path = resolve_image(root, name)
     except DatasetError:
         return None
-    return thumbnail(str(path), path.stat().st_mtime, size) if path.is_file() else None
+    return (str(path), path.stat().st_mtime) if path.is_file() else None
+
+
+def preview(root: str | Path, name: str, size: int = 192) -> np.ndarray | None:
+    """Thumbnail of image `name` in the image folder `root`; None when it is missing, unreadable,
+    too large to decode safely, or (through a name or a link) outside the folder."""
+    found = _preview_file(root, name)
+    return None if found is None else thumbnail(*found, size)
 
 
 def preview_jpeg(root: str | Path, name: str, size: int = 192) -> bytes | None:
     """The same thumbnail as `preview`, encoded as JPEG once and shared: drawing bytes costs Streamlit no
     encoding, so a grid of 24 thumbnails reruns in a few milliseconds instead of ~25."""
-    try:
-        path = resolve_image(root, name)
-    except DatasetError:
-        return None
-    return thumbnail_jpeg(str(path), path.stat().st_mtime, size) if path.is_file() else None
+    found = _preview_file(root, name)
+    return None if found is None else thumbnail_jpeg(*found, size)
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
