@@ -109,7 +109,9 @@ def _resume(args: argparse.Namespace) -> int:
         if changes:
             config = with_changes(config, **changes)
             atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
-    return _train(run_dir, config, resume=True, job_limit=not args.ignore_job_limit)
+    if not args.ignore_job_limit:
+        _claim_job_slot(run_dir, created=False)
+    return _train(run_dir, config, resume=True)
 
 
 @contextlib.contextmanager
@@ -145,10 +147,8 @@ def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
         raise
 
 
-def _train(run_dir: Path, config, *, resume: bool, job_limit: bool = True) -> int:
+def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if job_limit:
-        _claim_job_slot(run_dir, created=False)
     from cxrcore.training import run_job
 
     result = run_job(run_dir, config, resume=resume)
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if run_dir is not None and (run_dir / STATUS_FILE).is_file():
         state = read_json(run_dir / STATUS_FILE).get("state")
         if not chief:  # a multi-worker helper: the chief owns the folder and its state
-            return _train(run_dir, config, resume=False, job_limit=False)
+            return _train(run_dir, config, resume=False)
         if state != "queued":
             raise ConfigError(f"this run folder has been trained already (state {state}).", file=str(run_dir),
                               fix=f"continue it with --resume {run_dir}, or start a new run.")
@@ -225,4 +225,4 @@ def run(args: argparse.Namespace) -> int:
     if not args.ignore_job_limit:
         _claim_job_slot(run_dir, created=created)
     print(f"training into {run_dir}", file=sys.stderr, flush=True)
-    return _train(run_dir, config, resume=False, job_limit=False)
+    return _train(run_dir, config, resume=False)
