@@ -28,6 +28,7 @@ dependencies) for the warm-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import os
 import pwd
@@ -269,13 +270,13 @@ class Classroom:
         for name in sorted(self.processes, key=lambda n: n != "nginx"):
             process = self.processes[name]
             if process.poll() is None:
-                with _quiet():
+                with contextlib.suppress(ProcessLookupError):  # the group is already gone
                     os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes.values():
             try:
                 process.wait(15)
             except subprocess.TimeoutExpired:
-                with _quiet():
+                with contextlib.suppress(ProcessLookupError):  # the group is already gone
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         for handle in self._logs:
@@ -292,16 +293,6 @@ class Classroom:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class _quiet:
-    """Ignore ProcessLookupError (the process group is already gone)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        return kind is ProcessLookupError
 
 
 def main(argv: list[str] | None = None) -> int:
