@@ -239,12 +239,35 @@ def cell_order(heat: np.ndarray, grid: int) -> np.ndarray:
     return np.argsort(-cells.ravel(), kind="stable")
 
 
+def _grid_edges(size: tuple[int, int], grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column edges of a grid x grid partition of an image of `size` (height, width)."""
+    height, width = size
+    return (np.linspace(0, height, grid + 1).round().astype(int),
+            np.linspace(0, width, grid + 1).round().astype(int))
+
+
+def _class_column(label: str) -> int:
+    """Index of `label` in the canonical LABELS order (the column of LoadedModel.predict)."""
+    from cxrcore.labels import LABELS, canonical_label
+
+    key = canonical_label(label)
+    if key is None:
+        raise ConfigError(f"unknown class {label!r}.")
+    return LABELS.index(key)
+
+
+def _heat_at(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The map as float32 at the image's height and width (bilinear when it is another size)."""
+    heat = np.asarray(heat, np.float32)
+    if heat.shape != tuple(shape[:2]):
+        heat = cv2.resize(heat, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return heat
+
+
 def mask_cells(image: np.ndarray, cells: np.ndarray, grid: int, fill: float) -> np.ndarray:
     """A copy of the image with the given cells (indices into a grid x grid partition) set to `fill`."""
     out = np.array(image, dtype=np.float32, copy=True)
-    height, width = out.shape[:2]
-    ys = np.linspace(0, height, grid + 1).round().astype(int)
-    xs = np.linspace(0, width, grid + 1).round().astype(int)
+    ys, xs = _grid_edges(out.shape[:2], grid)
     for cell in np.asarray(cells, dtype=int):
         r, c = divmod(int(cell), grid)
         out[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] = fill
@@ -256,19 +279,12 @@ def deletion_test(loaded: "LoadedModel", image: np.ndarray, heat: np.ndarray, la
                   seed: int = 0) -> pd.DataFrame:
     """Drop in the probability of `label` when the top k% salient cells are masked (image mean), against
     the mean drop over `repeats` random sets of as many cells. One row per fraction."""
-    from cxrcore.labels import LABELS, canonical_label
-
-    key = canonical_label(label)
-    if key is None:
-        raise ConfigError(f"unknown class {label!r}.")
-    column = LABELS.index(key)
+    column = _class_column(label)
     fractions = [float(f) for f in fractions]
     if any(not 0 < f <= 1 for f in fractions):
         raise ConfigError(f"deletion fractions must be in (0, 1], got {fractions}.")
     image = np.asarray(image, np.float32)
-    heat = np.asarray(heat, np.float32)
-    if heat.shape != image.shape[:2]:
-        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = _heat_at(heat, image.shape)
     fill = float(image.mean())
     order = cell_order(heat, grid)
     rng = np.random.default_rng(seed)
@@ -348,9 +364,7 @@ def _auc(x: np.ndarray, y: np.ndarray) -> float:
 
 def _cell_masks(order: np.ndarray, counts: Sequence[int], grid: int, size: tuple[int, int]) -> np.ndarray:
     """Boolean (len(counts), H, W): the first counts[i] cells of `order` on a grid x grid partition."""
-    height, width = size
-    ys = np.linspace(0, height, grid + 1).round().astype(int)
-    xs = np.linspace(0, width, grid + 1).round().astype(int)
+    ys, xs = _grid_edges(size, grid)
     rank = np.empty(grid * grid, np.int64)
     rank[np.asarray(order, np.int64)] = np.arange(grid * grid)
     cell_rows = np.repeat(np.arange(grid), np.diff(ys))
@@ -364,20 +378,13 @@ def faithfulness_curves(loaded: "LoadedModel", image: np.ndarray, heat: np.ndarr
     """Deletion and insertion curves of one map for one class: cells (grid x grid) removed (set to the
     image mean) or inserted (into a blurred copy) most salient first, at steps + 1 points, with the
     same curves for a random cell order; all variants predicted in one batched call."""
-    from cxrcore.labels import LABELS, canonical_label
-
-    key = canonical_label(label)
-    if key is None:
-        raise ConfigError(f"unknown class {label!r}.")
+    column = _class_column(label)
     if not 1 <= int(steps) <= grid * grid:
         raise ConfigError(f"steps must be between 1 and {grid * grid}, got {steps}.")
-    column = LABELS.index(key)
     image = np.asarray(image, np.float32)
     if image.ndim == 3:
         image = image[..., 0]
-    heat = np.asarray(heat, np.float32)
-    if heat.shape != image.shape[:2]:
-        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = _heat_at(heat, image.shape)
     counts = np.rint(np.linspace(0, grid * grid, int(steps) + 1)).astype(int)
     fill = np.full_like(image, float(image.mean()))
     sigma = max(1.0, 0.025 * min(image.shape[:2]))
