@@ -17,8 +17,10 @@ cache/classroom under the app's cache root, which is git-ignored). It waits unti
 answers /_stcore/health, opens the main pages once in each worker (so the first student
 on a worker does not wait for TensorFlow and the model; --no-warm skips it), starts the proxy and
 waits until it answers, prints the address, and runs until Ctrl-C or
-SIGTERM, which stop nginx and every worker (their whole process groups). If a worker or nginx dies,
-it stops the others and exits 1.
+SIGTERM, which stop nginx and every worker (their whole process groups). A worker that dies (killed
+for memory, a crash in a native library) is started again on its port and warmed, at most
+MAX_RESTARTS times in RESTART_WINDOW_S (its students' pages reconnect, with a fresh session; meanwhile
+nginx sends them to the other workers); past that, or if nginx dies, it stops the others and exits 1.
 
 Run: python scripts/classroom.py [--workers 2] [--host 0.0.0.0] [--port 8501] [--worker-port 8502]
      [--state-dir DIR] [--nginx PATH]
@@ -40,6 +42,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "cxr_worker"
@@ -136,6 +139,10 @@ http {{
 WORKER_FLAGS = ("--server.fileWatcherType", "none")
 #: Pages each worker runs once before the class arrives (URL paths): imports, the model, its predictions.
 WARM_PAGES = ("", "dataset_explorer", "results", "gradcam_explorer")
+#: A worker that dies is started again, at most this many times within RESTART_WINDOW_S seconds; a worker
+#: that keeps dying has a cause a restart will not fix (say memory), so then the classroom stops and says so.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
 
 
 def warm_worker(port: int, pages: tuple[str, ...] = WARM_PAGES, timeout: float = 300) -> None:
@@ -191,7 +198,7 @@ class Classroom:
         self.worker_ports = [worker_port + i for i in range(workers)]
         self.extra_args = extra_args or []
         self.processes: dict[str, subprocess.Popen] = {}
-        self._logs: list = []
+        self._logs: dict[str, Any] = {}
 
     @property
     def url(self) -> str:
@@ -201,11 +208,43 @@ class Classroom:
     def worker_log(self, index: int) -> Path:
         return self.state / f"worker-{index}.log"
 
-    def _spawn(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
-        handle = open(log, "w")
-        self._logs.append(handle)
+    def worker_name(self, index: int) -> str:
+        return f"worker {index} (port {self.worker_ports[index]})"
+
+    def worker_index(self, name: str) -> int | None:
+        """The index of the worker called `name`; None for nginx."""
+        return next((i for i in range(len(self.worker_ports)) if self.worker_name(i) == name), None)
+
+    def _spawn(self, name: str, command: list[str], log: Path, env: dict[str, str], mode: str = "w") -> None:
+        if name in self._logs:
+            self._logs.pop(name).close()
+        handle = self._logs[name] = open(log, mode)
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
+
+    def _spawn_worker(self, index: int, mode: str = "w") -> None:
+        env = {**os.environ, "CXR_CLASSROOM": "1", "PYTHONUNBUFFERED": "1"}
+        self._spawn(self.worker_name(index),
+                    [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.address", "127.0.0.1",
+                     "--server.port", str(self.worker_ports[index]), "--server.headless", "true",
+                     "--browser.gatherUsageStats", "false", *WORKER_FLAGS, *self.extra_args],
+                    self.worker_log(index), env, mode)
+
+    def _warm(self, index: int, deadline: float) -> None:
+        try:
+            warm_worker(self.worker_ports[index], timeout=max(10.0, deadline - time.monotonic()))
+        except Exception as err:  # noqa: BLE001 - a cold worker still serves; say so and go on
+            print(f"worker {index}: warm-up failed ({type(err).__name__}: {err}); it starts cold "
+                  f"(see {self.worker_log(index)})", file=sys.stderr, flush=True)
+
+    def restart_worker(self, index: int, timeout: float = 180) -> None:
+        """Start worker `index` again on its port (its log goes on), wait until it answers, warm it."""
+        self._spawn_worker(index, mode="a")
+        deadline = time.monotonic() + timeout
+        self._wait(f"http://127.0.0.1:{self.worker_ports[index]}/_stcore/health", deadline,
+                   f"worker {index}: see {self.worker_log(index)}")
+        if self.warm:
+            self._warm(index, deadline)
 
     def start(self, timeout: float = 180) -> None:
         busy = [p for p in (self.port, *self.worker_ports)
@@ -217,23 +256,14 @@ class Classroom:
         user = self._nginx_user()
         (self.state / "nginx.conf").write_text(nginx_config(self.state, self.host, self.port, self.worker_ports,
                                                             user))
-        env = {**os.environ, "CXR_CLASSROOM": "1", "PYTHONUNBUFFERED": "1"}
-        for i, port in enumerate(self.worker_ports):
-            self._spawn(f"worker {i} (port {port})",
-                        [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.address", "127.0.0.1",
-                         "--server.port", str(port), "--server.headless", "true",
-                         "--browser.gatherUsageStats", "false", *WORKER_FLAGS, *self.extra_args],
-                        self.worker_log(i), env)
+        for i in range(len(self.worker_ports)):
+            self._spawn_worker(i)
         deadline = time.monotonic() + timeout
         for i, port in enumerate(self.worker_ports):
             self._wait(f"http://127.0.0.1:{port}/_stcore/health", deadline, f"worker {i}: see {self.worker_log(i)}")
         if self.warm:
-            for i, port in enumerate(self.worker_ports):
-                try:
-                    warm_worker(port, timeout=max(10.0, deadline - time.monotonic()))
-                except Exception as err:  # noqa: BLE001 - a cold worker still serves; say so and go on
-                    print(f"worker {i}: warm-up failed ({type(err).__name__}: {err}); it starts cold "
-                          f"(see {self.worker_log(i)})", file=sys.stderr, flush=True)
+            for i in range(len(self.worker_ports)):
+                self._warm(i, deadline)
         plain = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}  # no passcode for nginx
         self._spawn("nginx", [self.nginx, "-p", str(self.state), "-e", str(self.state / "nginx-error.log"),
                               "-c", str(self.state / "nginx.conf")], self.state / "nginx.log", plain)
@@ -279,7 +309,7 @@ class Classroom:
                 with contextlib.suppress(ProcessLookupError):  # the group is already gone
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        for handle in self._logs:
+        for handle in self._logs.values():
             handle.close()
         self._logs.clear()
 
@@ -293,6 +323,47 @@ class Classroom:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def describe_exit(code: int | None) -> str:
+    """A process's exit status in words; SIGKILL is what the kernel's out-of-memory killer sends."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}" + (" (often the kernel's out-of-memory killer)" if -code == signal.SIGKILL else "")
+
+
+def keep_serving(classroom: Classroom, poll_s: float = 1.0) -> int:
+    """Until a signal: start dead workers again (MAX_RESTARTS per RESTART_WINDOW_S each); 1 when nginx dies,
+    a worker keeps dying or fails to come back (the caller then stops the rest)."""
+    restarts: dict[int, list[float]] = {}
+    while True:
+        dead = classroom.dead()
+        if dead is None:
+            time.sleep(poll_s)
+            continue
+        how = describe_exit(classroom.processes[dead].returncode)
+        index = classroom.worker_index(dead)
+        if index is None:
+            print(f"{dead} exited ({how}): students can no longer reach any worker; stopping the workers "
+                  f"(logs in {classroom.state}).", file=sys.stderr, flush=True)
+            return 1
+        now = time.monotonic()
+        recent = [t for t in restarts.get(index, []) if now - t < RESTART_WINDOW_S]
+        if len(recent) >= MAX_RESTARTS:
+            print(f"{dead} exited ({how}), {len(recent) + 1} times in {RESTART_WINDOW_S / 60:.0f} minutes: a restart "
+                  f"does not help; stopping the classroom: see {classroom.worker_log(index)}.", file=sys.stderr,
+                  flush=True)
+            return 1
+        restarts[index] = [*recent, now]
+        print(f"{dead} exited ({how}); starting it again (restart {len(recent) + 1} of {MAX_RESTARTS} allowed in "
+              f"{RESTART_WINDOW_S / 60:.0f} minutes). Its students' pages reconnect with a fresh session; "
+              f"see {classroom.worker_log(index)}.", file=sys.stderr, flush=True)
+        classroom.restart_worker(index)
+        print(f"{dead} is serving again, {time.monotonic() - now:.0f} s after it exited.", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,14 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Classroom ready: {classroom.url}{students} ({args.workers} worker(s), sticky by the {COOKIE} cookie; "
               f"teacher passcode {'set' if os.environ.get('CXR_TEACHER_PASSCODE') else 'NOT set'}). "
               "Ctrl-C stops everything.", flush=True)
-        while True:
-            dead = classroom.dead()
-            if dead:
-                print(f"{dead} exited unexpectedly; stopping the others (logs in {classroom.state}).",
-                      file=sys.stderr, flush=True)
-                status = 1
-                break
-            time.sleep(1)
+        status = keep_serving(classroom)
     except KeyboardInterrupt:
         print("Stopping the classroom ...", flush=True)
     except (RuntimeError, TimeoutError) as err:

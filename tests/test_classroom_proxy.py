@@ -85,6 +85,73 @@ def test_generated_config_is_valid_nginx(script, tmp_path):
     assert "hash $cxr_worker consistent" in config and "proxy_http_version 1.1" in config
 
 
+class FakeProcess:
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+class FakeClassroom:
+    """What keep_serving() uses of a Classroom: two workers and nginx, processes that die on cue."""
+
+    def __init__(self, script, deaths: list[tuple[str, int]], fail_restart: bool = False) -> None:
+        self.real = script.Classroom(workers=2, host="127.0.0.1", port=1, worker_port=2, state=Path("/state"),
+                                     nginx="nginx", warm=False)
+        self.state = self.real.state
+        self.worker_index, self.worker_log = self.real.worker_index, self.real.worker_log
+        self.processes = {name: FakeProcess() for name in (self.real.worker_name(0), self.real.worker_name(1),
+                                                           "nginx")}
+        self.deaths, self.fail_restart, self.restarted = list(deaths), fail_restart, []
+
+    def dead(self) -> str | None:
+        gone = next((name for name, p in self.processes.items() if p.poll() is not None), None)
+        if gone is None and self.deaths:
+            gone, code = self.deaths.pop(0)
+            self.processes[gone].returncode = code
+        return gone
+
+    def restart_worker(self, index: int) -> None:
+        if self.fail_restart:
+            raise RuntimeError(f"worker {index} exited before it answered")
+        self.restarted.append(index)
+        self.processes[self.real.worker_name(index)] = FakeProcess()
+
+
+def test_a_dead_worker_is_started_again_and_one_that_keeps_dying_stops_the_class(capsys):
+    script = _load_script()
+    w0, w1 = "worker 0 (port 2)", "worker 1 (port 3)"
+    room = FakeClassroom(script, [(w0, -9), (w1, 1), (w0, -11)])
+    room.deaths.append(("nginx", 0))
+    assert script.keep_serving(room, poll_s=0) == 1
+    assert room.restarted == [0, 1, 0]
+    err = capsys.readouterr().err
+    assert "worker 0 (port 2) exited (killed by SIGKILL (often the kernel's out-of-memory killer)); starting it " \
+           "again (restart 1 of 3" in err
+    assert "worker 1 (port 3) exited (exit code 1); starting it again" in err
+    assert "killed by SIGSEGV" in err
+    assert "nginx exited (exit code 0): students can no longer reach any worker" in err
+
+    room = FakeClassroom(script, [(w1, -9)] * (script.MAX_RESTARTS + 1))
+    assert script.keep_serving(room, poll_s=0) == 1
+    assert room.restarted == [1] * script.MAX_RESTARTS
+    assert f"{script.MAX_RESTARTS + 1} times in 10 minutes: a restart does not help" in capsys.readouterr().err
+
+    room = FakeClassroom(script, [(w0, -9)], fail_restart=True)
+    with pytest.raises(RuntimeError, match="exited before it answered"):  # main() prints it and stops the rest
+        script.keep_serving(room, poll_s=0)
+
+
+def test_restarts_older_than_the_window_do_not_count(monkeypatch):
+    script = _load_script()
+    clock = iter(range(0, 10_000, int(script.RESTART_WINDOW_S) + 1))  # each death after the last one's window
+    monkeypatch.setattr(script.time, "monotonic", lambda: float(next(clock)))
+    room = FakeClassroom(script, [("worker 0 (port 2)", -9)] * (script.MAX_RESTARTS + 2) + [("nginx", 0)])
+    assert script.keep_serving(room, poll_s=0) == 1
+    assert room.restarted == [0] * (script.MAX_RESTARTS + 2)
+
+
 @pytest.mark.slow
 def test_two_workers_behind_nginx_render_stick_and_stop(script, app_data_root, tmp_path, artifacts_dir):
     state, port, first = tmp_path / "classroom", free_port(), _free_run(2)
@@ -148,6 +215,28 @@ def test_two_workers_behind_nginx_render_stick_and_stop(script, app_data_root, t
         assert any(path.startswith("/_stcore/upload_file") and status < 300 for _, _, path, status in mine)
         fresh = [r for r in rows if r[0] == "-" and r[2] == "/_stcore/health"]
         assert {r[1] for r in fresh} == workers, "new browsers are spread over both workers"
+
+        # a worker killed as the out-of-memory killer would is started again on its port, and serves
+        mine_port = int(next(iter({r[1] for r in mine})).rsplit(":", 1)[1])
+        victim = next(pid for pid in worker_pids
+                      if f"--server.port\0{mine_port}\0".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.killpg(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while "is serving again" not in (tmp_path / "classroom.log").read_text():
+            assert process.poll() is None, (tmp_path / "classroom.log").read_text()
+            assert time.monotonic() < deadline, "the killed worker did not come back in 180 s"
+            time.sleep(0.5)
+        text = (tmp_path / "classroom.log").read_text()
+        assert f"worker {mine_port - first} (port {mine_port}) exited (killed by SIGKILL" in text
+        print(re.search(r".* is serving again.*", text).group(0))  # the time it took, for docs/reliability.md
+        logged = len(_access_log(state))
+        request = urllib.request.Request(f"{url}/_stcore/health", headers={"Cookie": f"{script.COOKIE}={cookie}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        deadline = time.monotonic() + 10
+        while len(_access_log(state)) == logged and time.monotonic() < deadline:  # nginx logs after answering
+            time.sleep(0.1)
+        assert _access_log(state)[logged][:2] == (cookie, f"127.0.0.1:{mine_port}")  # back on its own worker
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGTERM)
