@@ -111,8 +111,8 @@ def main() -> int:
             assert json.loads(result.stdout)["leak_free"] is True
     imported = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True).stdout.strip()
     cli_median, stats_median = statistics.median(cli_times[1:]), statistics.median(stats_times[1:])
-    print(f"\n[3] python -m cxrcore audit --split train=...@train_val_list.txt --split test=...@test_list.txt "
-          f"--format json")
+    print("\n[3] python -m cxrcore audit --split train=...@train_val_list.txt --split test=...@test_list.txt "
+          "--format json")
     print(f"    wall time incl. process start: first {cli_times[0]:.2f} s, median of 5 {cli_median:.2f} s  -> "
           f"{cli_median / CLI_TARGET_S:.2f} x the {CLI_TARGET_S:.1f} s target "
           f"({'met' if cli_median < CLI_TARGET_S else 'MISSED'}); scipy.stats imported: {imported}")

@@ -48,7 +48,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,6 +55,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts.classroom import stop_groups, wait_healthy  # noqa: E402 - the servers this bench measures
 
 DEFAULT_WORK = ROOT / "bench" / ".cache" / "classroom"
 #: What dashboard.models logs (its MODEL_LOADED) each time a model file is loaded into the server.
@@ -141,13 +142,7 @@ class Server:
         wait_healthy(self.process, self.url, timeout, f"streamlit (see {self.log_path})")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_groups([self.process])
         self._log.close()
 
     @property
@@ -179,21 +174,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_healthy(process: subprocess.Popen, url: str, timeout: float, what: str) -> None:
-    """Until `url`/_stcore/health answers 200; RuntimeError when `process` exits first, TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited early")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{what} did not answer in {timeout} s")
 
 
 class ProxiedServer:

@@ -63,7 +63,7 @@ def render_verdict(report: AuditReport) -> None:
 
 def render_pairs(report: AuditReport) -> None:
     rows = [{"split a": leak.a, "split b": leak.b, "shared patients": leak.patients,
-             "shared images": leak.images, f"images of shared patients in a": leak.images_a,
+             "shared images": leak.images, "images of shared patients in a": leak.images_a,
              "images of shared patients in b": leak.images_b,
              "example patient ids": ", ".join(map(str, leak.patient_ids[:10]))} for leak in report.leakage]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -401,7 +401,7 @@ def render_run(run: jobs.RunSummary) -> None:
             weights = info.get("class_weights") or {}
             if weights:
                 st.dataframe(pd.DataFrame([{"class": k, **v} for k, v in weights.items()]), hide_index=True)
-            st.caption(f"Data fingerprints (SHA-256 of the split files): "
+            st.caption("Data fingerprints (SHA-256 of the split files): "
                        + ", ".join(f"{role} {v.get('sha256', '')[:12]}" for role, v in (info.get("data") or {}).items()))
         st.caption(f"Folder: {run.path}")
 

@@ -189,6 +189,35 @@ def healthy(url: str) -> bool:
         return False
 
 
+def wait_healthy(process: subprocess.Popen, url: str, timeout: float, what: str) -> None:
+    """Until `url`/_stcore/health answers 200; RuntimeError when `process` exits first, TimeoutError after
+    `timeout` (also used by the tests' and benchmarks' servers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early")
+        if healthy(f"{url}/_stcore/health"):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} did not answer in {timeout} s")
+
+
+def stop_groups(processes: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """SIGTERM to each process group in order, then `grace` seconds each to exit before SIGKILL; groups
+    already gone are fine (also used by the tests' and benchmarks' servers)."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class Classroom:
     """The worker processes and nginx; `start()` waits until all answer, `stop()` ends them all."""
 
@@ -297,18 +326,7 @@ class Classroom:
 
     def stop(self) -> None:
         """nginx first (no new requests), then the workers; each gets 15 s after SIGTERM, then SIGKILL."""
-        for name in sorted(self.processes, key=lambda n: n != "nginx"):
-            process = self.processes[name]
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):  # the group is already gone
-                    os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):  # the group is already gone
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_groups([self.processes[name] for name in sorted(self.processes, key=lambda n: n != "nginx")])
         for handle in self._logs.values():
             handle.close()
         self._logs.clear()

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.labels import LABELS
+from scripts.classroom import stop_groups, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
@@ -67,6 +67,27 @@ def sleeper_holding(run_dir: Path, seconds: int = 60) -> subprocess.Popen:
     return proc
 
 
+def answer_every_url(monkeypatch) -> list[tuple[str, str, float]]:
+    """urllib.request.urlopen answering 200 to everything, offline; returns the (method, URL, timeout) asked."""
+    asked: list[tuple[str, str, float]] = []
+
+    class Answer:
+        status = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def fake_urlopen(request, timeout):
+        asked.append((request.get_method(), request.full_url, timeout))
+        return Answer()
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    return asked
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,27 +109,10 @@ class StreamlitServer:
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited early; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"streamlit did not answer in {timeout} s; see {self.log.name}")
+        wait_healthy(self.process, self.url, timeout, f"streamlit (see {self.log.name})")
 
     def stop(self) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_groups([self.process], grace=10)
         self.log.close()
 
     def __enter__(self) -> "StreamlitServer":

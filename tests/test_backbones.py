@@ -211,28 +211,13 @@ def test_keras_applications_weights_are_found_per_backbone(offline_roots, monkey
 
 
 def test_each_backbone_is_checked_at_its_own_url(offline_roots, monkeypatch):
-    import urllib.request
+    from tests.app_support import answer_every_url
 
-    asked = []
-
-    class Answer:
-        status = 200
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    def fake_urlopen(request, timeout):
-        asked.append(request.full_url)
-        return Answer()
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    asked = answer_every_url(monkeypatch)
     monkeypatch.setenv("CXR_OFFLINE", "0")
     assert M.find_imagenet_weights(offline_roots, backbone="resnet50").source == "download"
     assert M.find_imagenet_weights(offline_roots, backbone="vit_b16").source == "download"
-    assert asked == [M.IMAGENET_FILES["resnet50"].url, M.VIT_PRESET_URL]
+    assert [url for _, url, _ in asked] == [M.IMAGENET_FILES["resnet50"].url, M.VIT_PRESET_URL]
 
 
 def test_vit_pretrained_weights_offline_are_refused_before_launch_naming_the_preset_folder(offline_roots):

@@ -254,23 +254,9 @@ def test_online_without_a_cache_keeps_the_download(shapes, no_weights_here, monk
     import urllib.request
 
     from cxrcore import model
+    from tests.app_support import answer_every_url
 
-    asked = []
-
-    class Answer:
-        status = 200
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    def fake_urlopen(request, timeout):
-        asked.append((request.get_method(), request.full_url, timeout))
-        return Answer()
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    asked = answer_every_url(monkeypatch)
     assert not model.imagenet_weights_reachable() and asked == []  # CXR_OFFLINE=1: never tried
     monkeypatch.setenv("CXR_OFFLINE", "0")
     assert config_from_dict({"preset": "gpu-full", "dataset": str(shapes)}).initial_weights == "imagenet"
