@@ -26,7 +26,7 @@ from cxrcore.labels import LABELS
 from cxrcore.model import LoadedModel
 from cxrcore.paths import resolve_image
 from cxrcore.registry import ModelEntry
-from dashboard.charts import CLASS_COLORS, cached_figure
+from dashboard.charts import CLASS_COLORS, cached_figure, faithfulness_curves_chart
 from dashboard.loaders import ActiveDataset, preview_jpeg
 from dashboard.models import keep_compiled_functions
 from dashboard.widgets import section, teaching_note, user_errors
@@ -587,29 +587,6 @@ def _compare_layer(method: str, settings: MapSettings) -> str | None:
     return None
 
 
-def curves_chart(pair: Sequence[tuple[str, object]]) -> go.Figure:
-    """p(class) against the share of cells deleted (solid) or inserted (dotted), one colour per method."""
-    colors = ("#1f77b4", "#d62728")
-    fig = go.Figure()
-    for (name, curves), color in zip(pair, colors):
-        x = curves.fractions
-        fig.add_trace(go.Scatter(x=x, y=curves.deletion, name=f"{name}: deletion", line=dict(color=color)))
-        fig.add_trace(go.Scatter(x=x, y=curves.insertion, name=f"{name}: insertion",
-                                 line=dict(color=color, dash="dot")))
-    if pair:
-        curves = pair[0][1]
-        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_deletion, name="random order: deletion",
-                                 line=dict(color="#888", width=1)))
-        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_insertion, name="random order: insertion",
-                                 line=dict(color="#888", width=1, dash="dot")))
-    fig.update_xaxes(title="share of the image's cells deleted / inserted (most salient first)", range=[0, 1])
-    fig.update_yaxes(title="predicted probability", range=[0, 1.02])
-    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
-                      title="Deletion (falls fast = faithful) and insertion (rises fast = faithful)",
-                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
-    return fig
-
-
 def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSettings, *, image_key: str,
                       read: Callable[[], np.ndarray], shown_image: np.ndarray, original: tuple[int, int],
                       boxes: pd.DataFrame | None, result: cam.ImageMaps) -> None:
@@ -661,8 +638,8 @@ def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSetti
         row["pointing"] = ("hit" if score_map(maps.maps[0], own)["hit"] else "miss") if own else "no box"
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    st.plotly_chart(curves_chart([(row["method"], c) for row, c in zip(rows, curves)]), width="stretch",
-                    key="cam_compare_curves")
+    figure = faithfulness_curves_chart([(row["method"], c) for row, c in zip(rows, curves)])
+    st.plotly_chart(figure, width="stretch", key="cam_compare_curves")
     st.caption("Deletion AUC: area under p while the most salient cells (16x16 grid) are set to the image mean, lower "
                "is more faithful; insertion AUC: while they are put back into a blurred copy, higher is more "
                "faithful; (random): the same for a random cell order, the bar to beat. Pointing: is the map's "

@@ -1,7 +1,7 @@
 """Plotly figures shared by the pages, with one colour per class everywhere in the app."""
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,3 +126,27 @@ def loss_curves(w_pos: float, w_neg: float, label: str, epsilon: float = 1e-7) -
     fig.update_layout(title=f"Loss for one {label} label", xaxis_title="predicted probability",
                       yaxis_title="loss", yaxis_range=[0, 5])
     return _layout(fig, height=380)
+
+
+def faithfulness_curves_chart(pair: Sequence[tuple[str, object]]) -> go.Figure:
+    """p(class) against the share of cells deleted (solid) or inserted (dotted), one colour per method
+    (`pair`: (method title, localization.faithfulness_curves' result)), and the random order in gray."""
+    colors = ("#1f77b4", "#d62728")
+    fig = go.Figure()
+    for (name, curves), color in zip(pair, colors):
+        x = curves.fractions
+        fig.add_trace(go.Scatter(x=x, y=curves.deletion, name=f"{name}: deletion", line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=x, y=curves.insertion, name=f"{name}: insertion",
+                                 line=dict(color=color, dash="dot")))
+    if pair:
+        curves = pair[0][1]
+        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_deletion, name="random order: deletion",
+                                 line=dict(color="#888", width=1)))
+        fig.add_trace(go.Scatter(x=curves.fractions, y=curves.random_insertion, name="random order: insertion",
+                                 line=dict(color="#888", width=1, dash="dot")))
+    fig.update_xaxes(title="share of the image's cells deleted / inserted (most salient first)", range=[0, 1])
+    fig.update_yaxes(title="predicted probability", range=[0, 1.02])
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=30, b=10), template="plotly_white",
+                      title="Deletion (falls fast = faithful) and insertion (rises fast = faithful)",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))
+    return fig
