@@ -48,13 +48,17 @@ def _padded(op: Any, dy: Any) -> tuple[Any, str]:
     return tf.pad(dy, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]]), "VALID"
 
 
+def _attrs(op: Any, *extra: str) -> dict[str, Any]:
+    """The convolution attributes its TensorFlow backprop ops take, read off the forward op."""
+    return {name: op.get_attr(name) for name in ("strides", "padding", "explicit_paddings", "data_format",
+                                                   "dilations", *extra)}
+
+
 def _conv2d_gradient(op: Any, dy: Any) -> tuple[Any, Any]:
     import tensorflow as tf
 
     x, w = op.inputs
-    attrs = dict(strides=op.get_attr("strides"), padding=op.get_attr("padding"),
-                 explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
-                 dilations=op.get_attr("dilations"), use_cudnn_on_gpu=op.get_attr("use_cudnn_on_gpu"))
+    attrs = _attrs(op, "use_cudnn_on_gpu")
     dw = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(w), out_backprop=dy, **attrs)
     if not _rewritable(op):
         return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy, **attrs), dw
@@ -67,9 +71,7 @@ def _depthwise_gradient(op: Any, dy: Any) -> tuple[Any, Any]:
     import tensorflow as tf
 
     x, w = op.inputs
-    attrs = dict(strides=op.get_attr("strides"), padding=op.get_attr("padding"),
-                 explicit_paddings=op.get_attr("explicit_paddings"), data_format=op.get_attr("data_format"),
-                 dilations=op.get_attr("dilations"))
+    attrs = _attrs(op)
     dw = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(input=x, filter_sizes=tf.shape(w), out_backprop=dy, **attrs)
     if not _rewritable(op) or w.shape[3] != 1:
         dx = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy,
