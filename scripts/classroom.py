@@ -270,8 +270,8 @@ class Classroom:
         """Start worker `index` again on its port (its log goes on), wait until it answers, warm it."""
         self._spawn_worker(index, mode="a")
         deadline = time.monotonic() + timeout
-        self._wait(f"http://127.0.0.1:{self.worker_ports[index]}/_stcore/health", deadline,
-                   f"worker {index}: see {self.worker_log(index)}")
+        wait_healthy(self.processes[self.worker_name(index)], f"http://127.0.0.1:{self.worker_ports[index]}",
+                     timeout, f"worker {index} (see {self.worker_log(index)})")
         if self.warm:
             self._warm(index, deadline)
 
