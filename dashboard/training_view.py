@@ -323,6 +323,13 @@ def render_runs() -> None:
 
 def _runs_fragment() -> None:
     runs = jobs.list_runs(runs_root())
+    active = any(r.state in jobs.ACTIVE_STATES for r in runs)
+    if not active and st.session_state.get("_train_was_active"):
+        # The last active run ended: redraw the whole page (the fragment stops polling) BEFORE drawing its
+        # Resume button here: a click on a button of this fragment run would be dropped by that rerun.
+        st.session_state["_train_was_active"] = False
+        st.rerun(scope="app")
+    st.session_state["_train_was_active"] = active
     table = pd.DataFrame([r.row() for r in runs])
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"best val AUROC": st.column_config.NumberColumn(format="%.4f")})
@@ -336,10 +343,6 @@ def _runs_fragment() -> None:
     run = next(r for r in runs if r.run_id == chosen)
     with user_errors(f"run {chosen}"):
         render_run(run)
-    if not any(r.state in jobs.ACTIVE_STATES for r in runs) and st.session_state.get("_train_was_active"):
-        st.session_state["_train_was_active"] = False
-        st.rerun(scope="app")
-    st.session_state["_train_was_active"] = any(r.state in jobs.ACTIVE_STATES for r in runs)
 
 
 def render_run(run: jobs.RunSummary) -> None:
