@@ -3,7 +3,6 @@ of bad input refused with a one-line domain error that names file, rows, column,
 from __future__ import annotations
 
 import gzip
-import time
 import zlib
 
 import numpy as np
@@ -503,14 +502,11 @@ def test_formula_without_separator_is_kept_and_neutralized_on_export(tmp_path):
 
 def test_a_million_row_csv_loads():
     data, y, patients = million_row_csv(1_000_000)
-    start = time.perf_counter()
-    split = load_split(data, name="million.csv")
-    seconds = time.perf_counter() - start
+    split = load_split(data, name="million.csv")  # its speed: bench/bench_audit.py, not a timed test
     _assert_normalized(split, 1_000_000)
     np.testing.assert_array_equal(split.labels, y)
     np.testing.assert_array_equal(split.patients, patients)
     assert split.frame["Image"].iloc[-1] == "00250000_003.png"
-    assert seconds < 20, f"loading 1,000,000 rows took {seconds:.1f} s"
 
 
 def test_two_columns_meaning_the_same_label_are_refused(tmp_path):
