@@ -15,18 +15,13 @@
 3. Gradient saliency (cxrcore.saliency) on the same model and image: one forward pass against the
    gradient of one class, SmoothGrad with 25 samples for one class (batched noise samples: one call;
    and one sample per call for comparison) and Integrated Gradients with 32 steps, measured in turn
-   in one run. Ratio asked by the issue: SmoothGrad-25 / one forward pass <= 30. Also one gradient call
-   of 8 copies with the convolutions' input gradients as forward convolutions (cxrcore.conv_gradients,
-   the default) against TensorFlow's own convolution gradients.
+   in one run. Ratio asked by the issue: SmoothGrad-25 / one forward pass <= 30.
 4. (--compare-methods) Which method is right and faithful on boxes with a known answer: the demo
    set's distinct findings (300 images at 96 px), a small CNN trained ~30 s, every method's pointing
    game, IoBB, deletion / insertion areas and agreement with CAM on the test split's boxes.
 
-5. (--conv-gradients) Per backbone (DenseNet121, ResNet50, EfficientNetV2-S): a gradient call with the
-   convolutions' input gradients as forward convolutions against TensorFlow's own, and their difference.
-
 Run: python bench/bench_cam.py [--nih ../shared/nih] [--repeats 15] [--clicks 12] [--saliency-only]
-     [--conv-gradients] [--compare-methods]
+     [--compare-methods]
 """
 from __future__ import annotations
 
@@ -189,10 +184,6 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
     build = time.perf_counter() - build_start
     sm = saliency.saliency_model(model)
     sm.gradients(x[:1], mass)  # trace the one-sample shape too
-    plain = saliency.SaliencyModel(model, rewrite_conv_gradients=False)  # TensorFlow's own conv gradients
-    copies = x.repeat(saliency.DEFAULT_CHUNK, axis=0)  # one call's worth of copies, the same for both
-    plain.gradients(copies, mass)
-    sm.gradients(copies, mass)
     times = interleaved({
         "forward": lambda: loaded.predict([image]),
         "raw_forward": lambda: sm.scores(x, mass),
@@ -203,8 +194,6 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
         "smoothgrad_unbatched": lambda: saliency.raw_maps(loaded, x, mass, method="smoothgrad", options=options,
                                                           chunk=1),
         "ig": lambda: cam.explain(loaded, image, ["Mass"], method="integrated-gradients", saliency_options=options),
-        "call_rewritten": lambda: sm.gradients(copies, mass),
-        "call_plain": lambda: plain.gradients(copies, mass),
     }, repeats)
     rows = [
         ("first call: build the score model, trace the gradient functions", build),
@@ -216,10 +205,6 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
         ("SmoothGrad, 25 samples, one class, one call of all 25 copies", times["smoothgrad_one_call"]),
         ("SmoothGrad, 25 samples, one class, one noisy copy per call (for comparison)", times["smoothgrad_unbatched"]),
         ("Integrated Gradients, 32 steps, one class", times["ig"]),
-        (f"one gradient call of {saliency.DEFAULT_CHUNK} copies, conv input gradients as forward convolutions",
-         times["call_rewritten"]),
-        (f"one gradient call of {saliency.DEFAULT_CHUNK} copies, TensorFlow's own conv gradients",
-         times["call_plain"]),
     ]
     width = max(len(r[0]) for r in rows)
     for name, seconds in rows:
@@ -233,42 +218,7 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
     print(f"  batching the noisy copies: {times['smoothgrad_unbatched'] / times['smoothgrad']:.2f}x faster "
           f"than one copy per call; each copy costs {times['smoothgrad'] / 25 / times['forward']:.2f} forward passes "
           "(its forward and backward pass)")
-    print(f"  conv input gradients as forward convolutions (cxrcore.conv_gradients): "
-          f"{times['call_plain'] / times['call_rewritten']:.2f}x faster gradient calls than TensorFlow's own; "
-          f"with TensorFlow's own, SmoothGrad-25 / forward would be about "
-          f"{ratio * times['call_plain'] / times['call_rewritten']:.1f}x")
     return {**times, "build": build, "ratio": ratio}
-
-
-def bench_conv_gradients(repeats: int, backbones: tuple[str, ...] = ("densenet121", "resnet50", "efficientnetv2_s")
-                         ) -> dict[str, float]:
-    """Per backbone: one gradient call of DEFAULT_CHUNK copies with TensorFlow's convolution gradients and
-    with cxrcore.conv_gradients' forward convolutions, per copy, against one batch-1 forward pass."""
-    import keras
-
-    from cxrcore import saliency
-    from cxrcore.model import build_model
-
-    print(f"Convolution input gradients (cxrcore.conv_gradients), {SIZE}x{SIZE}, "
-          f"{saliency.DEFAULT_CHUNK} copies per call, {repeats} interleaved repeats (median)")
-    speedups = {}
-    for backbone in backbones:
-        keras.utils.set_random_seed(0)
-        model = build_model(input_size=SIZE, backbone=backbone)
-        fast, plain = saliency.SaliencyModel(model), saliency.SaliencyModel(model, rewrite_conv_gradients=False)
-        copies = np.random.default_rng(0).standard_normal((saliency.DEFAULT_CHUNK, SIZE, SIZE, 3), np.float32)
-        reference = plain.gradients(copies, [9])[0]
-        largest = float(np.abs(reference).max())
-        difference = float(np.abs(fast.gradients(copies, [9])[0] - reference).max())
-        times = interleaved({"forward": lambda: fast.scores(copies[:1], [9]),
-                             "plain": lambda: plain.gradients(copies, [9]),
-                             "fast": lambda: fast.gradients(copies, [9])}, repeats)
-        per_copy = {k: times[k] / len(copies) / times["forward"] for k in ("plain", "fast")}
-        speedups[backbone] = times["plain"] / times["fast"]
-        print(f"  {backbone:<17} forward {times['forward']:.3f} s; per copy TensorFlow's {per_copy['plain']:.2f}x, "
-              f"rewritten {per_copy['fast']:.2f}x forward passes -> {speedups[backbone]:.2f}x faster; "
-              f"largest difference {difference / largest:.1e} of the largest gradient")
-    return speedups
 
 
 def compare_methods_on_demo(work: Path) -> None:
@@ -417,8 +367,6 @@ def main() -> int:
                         help="only the gradient saliency measurements (section 3)")
     parser.add_argument("--compare-methods", action="store_true",
                         help="only section 4: every method on the demo set's boxes (quality, not speed)")
-    parser.add_argument("--conv-gradients", action="store_true",
-                        help="only the convolution input gradients, rewritten against TensorFlow's, per backbone")
     parser.add_argument("--saliency-repeats", type=int, default=5,
                         help="repeats of the saliency measurements (median; SmoothGrad-25 takes seconds each)")
     parser.add_argument("--skip-baseline", action="store_true",
@@ -428,9 +376,6 @@ def main() -> int:
     if args.compare_methods:
         with tempfile.TemporaryDirectory() as tmp:
             compare_methods_on_demo(Path(tmp))
-        return 0
-    if args.conv_gradients:
-        bench_conv_gradients(args.saliency_repeats)
         return 0
     if args.saliency_only:
         result = bench_saliency(args.saliency_repeats, nih)

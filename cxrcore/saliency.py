@@ -19,13 +19,11 @@ unchanged. The score is the class logit (or its probability, target="probability
 found from the graph (the input of a final sigmoid, or a sigmoid Dense layer's pre-activation).
 Gradients come from tf.functions per model (traced once per number of classes, cached like
 `cam.cam_model`), batched over images or noise samples: one forward pass per batch, then one backward
-pass per class, with the convolutions' input gradients computed as forward convolutions
-(cxrcore.conv_gradients: the same numbers, 1.14-1.37x faster gradient calls on a CPU). Seeded: the
+pass per class. Seeded: the
 same seed gives the same SmoothGrad noise for every image, whatever the batching.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -33,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from cxrcore.cam import GRADIENT_METHODS, TARGETS, PerModelCache
-from cxrcore.conv_gradients import faster_input_gradients
 from cxrcore.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,8 +110,7 @@ def logit_head(model: "keras.Model") -> tuple[Any, Callable[[Any], Any], str]:
 class SaliencyModel:
     """A classifier made ready for input gradients: compiled score gradients, built once per model."""
 
-    def __init__(self, model: "keras.Model", *, rewrite_conv_gradients: bool = True) -> None:
-        """rewrite_conv_gradients=False keeps TensorFlow's own convolution gradients (benchmarks compare)."""
+    def __init__(self, model: "keras.Model") -> None:
         import keras
         import tensorflow as tf
 
@@ -133,15 +129,13 @@ class SaliencyModel:
             return (out if use_probability else head(pre_x)), out
 
         self._scores = scores
-        self._override = faster_input_gradients if rewrite_conv_gradients else contextlib.nullcontext
         self._fns: dict[tuple[int, bool], Any] = {}
         self._lock = threading.Lock()
         self._forward = tf.function(lambda x: scores(x, False), input_signature=[self._spec])
 
     def _gradient_fn(self, k: int, use_probability: bool):
         """The compiled gradients of K = k classes: one forward pass, then k backward passes (tf.gradients in
-        the traced graph, so that cxrcore.conv_gradients' faster convolution gradients apply; not
-        GradientTape.batch_jacobian: its vectorization (pfor) crashes TensorFlow on some graphs, e.g.
+        the traced graph; not GradientTape.batch_jacobian: its vectorization (pfor) crashes TensorFlow on some graphs, e.g.
         keras-hub's ViT). Traced once per (k, target); k is at most the number of outputs."""
         with self._lock:
             if (k, use_probability) in self._fns:
@@ -151,8 +145,7 @@ class SaliencyModel:
             scores = self._scores
 
             def grads(x, classes):
-                with self._override():
-                    score, out = scores(x, use_probability)
+                score, out = scores(x, use_probability)
                 picked = tf.gather(score, classes, axis=1)  # (B, K): each row depends on its own image only
                 per_class = [tf.gradients(tf.reduce_sum(picked[:, j]), x,
                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)[0] for j in range(k)]

@@ -199,17 +199,6 @@ def test_batched_over_classes_and_images_equals_one_at_a_time(small, images):
                                            atol=1e-6 * float(np.abs(batched[i, j]).max()) + 1e-9)
 
 
-def test_rewritten_convolution_gradients_give_tensorflows_gradient_on_a_cnn(small, images):
-    """The saliency model's forward-convolution input gradients (cxrcore.conv_gradients) against
-    TensorFlow's own, on every class of the small CNN (3x3 stride-1 convolutions, pooling, batch norm)."""
-    x = small.prepare(images)
-    classes = list(range(len(LABELS)))
-    fast = saliency.SaliencyModel(small.model).gradients(x, classes)[0]
-    plain = saliency.SaliencyModel(small.model, rewrite_conv_gradients=False).gradients(x, classes)[0]
-    assert np.abs(plain).max() > 0
-    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5 * float(np.abs(plain).max()))
-
-
 def test_smoothgrad_with_zero_noise_and_one_sample_is_the_gradient(small, images):
     x = small.prepare(images[:1])
     plain, _ = saliency.raw_maps(small, x, [3], method="gradient")
