@@ -476,6 +476,28 @@ def load_split(source: str | Path | bytes, *, name: str | None = None, split_nam
                          list_display=display)
 
 
+_LIST_FILE = re.compile(r"^(train_val|train|valid|val|test)_list\.txt$", re.IGNORECASE)
+
+
+def is_dataset_table(split: Split) -> bool:
+    """True when the labels are a whole-dataset table (where labels live), not one split of it.
+
+    An NIH-format table read on its own (the release's Data_Entry_2017 table), or any table with
+    split list files (`test_list.txt`...) beside it. Predictions made elsewhere usually cover one
+    split of such a table, so evaluating "the images that have predictions" is the intent there;
+    a course CSV or TABLE@LIST is itself a split, and a missing prediction is a mistake.
+    """
+    if split.format == FORMAT_LIST:
+        return False
+    if split.format == FORMAT_NIH:
+        return True
+    folder = Path(split.source).parent
+    try:
+        return folder != Path(".") and folder.is_dir() and any(_LIST_FILE.match(p.name) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def parse_split_spec(spec: str) -> tuple[str, str, str | None]:
     """'NAME=FILE' or 'NAME=TABLE@LIST' (or a bare FILE) -> (name, file, list_file or None)."""
     name, sep, rest = spec.partition("=")

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrcore.errors import ConfigError, PredictionsError
-from cxrcore.metrics import jsonable, bootstrap_auroc, midranks, percentile_ci
+from cxrcore.metrics import _groups, bootstrap_auroc, ci_problem, jsonable, midranks, percentile_ci
 
 _Z975 = 1.959963984540054
 
@@ -143,6 +143,58 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 @dataclass
+class MeanDifference:
+    """Difference of mean AUROC (model - reference) over the classes defined on these images, with a
+    paired patient-bootstrap interval and two-sided p-value (the same resampled patients for both)."""
+
+    delta: float
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    replicates_used: int = 0
+    n_bootstrap: int = 0
+    classes: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    def p_text(self) -> str:
+        """'0.0312', or '< 0.002' when no replicate fell on the other side of zero."""
+        if math.isnan(self.p_value):
+            return "-"
+        if self.p_value == 0.0:
+            return f"< {2.0 / max(self.replicates_used, 1):.2g}"
+        return f"{self.p_value:.4f}"
+
+    def to_dict(self) -> dict:
+        return jsonable(asdict(self))
+
+
+def mean_difference(boot_model: np.ndarray | None, boot_reference: np.ndarray | None, auc_model: np.ndarray,
+                    auc_reference: np.ndarray, classes: Sequence[str], n_units: int,
+                    level: float = 0.95) -> MeanDifference:
+    """Mean-AUROC difference from per-class AUROCs (k,) and paired bootstrap replicates (B, k).
+
+    The p-value is the bootstrap's two-sided one: twice the smaller share of replicate differences at
+    or below / at or above zero (capped at 1). Replicates where a class is undefined are dropped, and
+    the interval and p follow `metrics.ci_problem`'s rule for reporting."""
+    defined = np.isfinite(auc_model) & np.isfinite(auc_reference)
+    names = [c for c, ok in zip(classes, defined) if ok]
+    if not names:
+        return MeanDifference(math.nan, classes=[], note="no class has both positive and negative images.")
+    delta = float(np.mean(auc_model[defined]) - np.mean(auc_reference[defined]))
+    if boot_model is None or boot_reference is None or not boot_model.shape[0]:
+        return MeanDifference(delta, classes=names, note="no bootstrap (--bootstrap 0): no interval or p-value.")
+    reps = boot_model[:, defined].mean(axis=1) - boot_reference[:, defined].mean(axis=1)
+    finite = reps[np.isfinite(reps)]
+    b = int(boot_model.shape[0])
+    problem = ci_problem(int(finite.size), b, n_units, level)
+    if problem:
+        return MeanDifference(delta, replicates_used=int(finite.size), n_bootstrap=b, classes=names, note=problem)
+    low, high = percentile_ci(finite, level)
+    p = min(1.0, 2.0 * min(np.mean(finite <= 0.0), np.mean(finite >= 0.0)))
+    return MeanDifference(delta, low, high, float(p), int(finite.size), b, names)
+
+
+@dataclass
 class PairComparison:
     """One model against the reference over all compared classes (Holm across classes)."""
 
@@ -151,6 +203,7 @@ class PairComparison:
     classes: dict[str, PairedTest]
     p_holm: dict[str, float]
     bootstrap_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    mean: MeanDifference | None = None
 
     def to_dict(self) -> dict:
         classes = {}
@@ -161,7 +214,8 @@ class PairComparison:
             if label in self.bootstrap_ci:
                 entry["delta_bootstrap_ci_low"], entry["delta_bootstrap_ci_high"] = self.bootstrap_ci[label]
             classes[label] = entry
-        return {"reference": self.reference, "model": self.model, "classes": classes}
+        return {"reference": self.reference, "model": self.model, "classes": classes,
+                "mean_auroc_difference": self.mean.to_dict() if self.mean is not None else None}
 
 
 @dataclass
@@ -225,9 +279,11 @@ def compare_models(y_true: np.ndarray, probs: Sequence[np.ndarray], labels: Sequ
             per[label] = (auc, max(0.0, auc - _Z975 * se), min(1.0, auc + _Z975 * se))
         aurocs[name] = per
     boot = None
+    _, n_units = _groups(patient_ids, y.shape[0], "patient")
     if n_bootstrap:
         boot = np.stack([bootstrap_auroc(y, stack[r], patient_ids, n_bootstrap=n_bootstrap, seed=seed)
                          for r in range(len(probs))])  # (models, B, k), same patients drawn for each model
+    all_aucs = np.array([[estimates[c].aucs[r] for c in range(len(labels))] for r in range(len(probs))])
     pairs = []
     for r, name in enumerate(names):
         if r == reference:
@@ -237,10 +293,15 @@ def compare_models(y_true: np.ndarray, probs: Sequence[np.ndarray], labels: Sequ
         ci = {}
         if boot is not None:
             for c, label in enumerate(labels):
-                ci[label] = percentile_ci(boot[r, :, c] - boot[reference, :, c])
+                diff = boot[r, :, c] - boot[reference, :, c]
+                usable = int(np.isfinite(diff).sum())
+                ci[label] = ((math.nan, math.nan) if ci_problem(usable, n_bootstrap, n_units)
+                             else percentile_ci(diff))
+        mean = mean_difference(None if boot is None else boot[r], None if boot is None else boot[reference],
+                               all_aucs[r], all_aucs[reference], labels, n_units)
         pairs.append(PairComparison(reference=names[reference], model=name, classes=tests,
                                     p_holm={label: float(adjusted[c]) for c, label in enumerate(labels)},
-                                    bootstrap_ci=ci))
+                                    bootstrap_ci=ci, mean=mean))
     notes = [f"{label}: AUROC undefined (no positive or no negative images)."
              for c, label in enumerate(labels) if estimates[c].n_pos == 0 or estimates[c].n_neg == 0]
     notes.append("DeLong's test treats images as independent; several images per patient make p-values "

@@ -22,6 +22,43 @@ TARGET_SPECIFICITY = 0.9
 #: Bootstrap replicates handled per block (bounds memory: block x images int32 per class).
 _BLOCK = 64
 RESAMPLE_UNITS = ("patient", "image")
+#: Rule for reporting a bootstrap interval (documented in docs/cli.md): at least this share of the
+#: replicates must be usable (both classes present: dropping many replicates conditions the rest on
+#: the rare class being drawn, which narrows the interval) ...
+MIN_USABLE_SHARE = 0.9
+#: ... at least this many patients (or images) resampled (3 patients have 10 distinct resamples) ...
+MIN_BOOTSTRAP_UNITS = 10
+#: ... and at least 2 / (1 - level) usable replicates, so each 2.5 % tail holds one replicate or more.
+
+
+def min_usable_replicates(level: float = 0.95) -> int:
+    """Usable replicates a percentile interval at `level` needs: 40 at 95 %."""
+    return int(math.ceil(2.0 / (1.0 - level) - 1e-9))
+
+
+def ci_rule_text(level: float = 0.95) -> str:
+    """The reporting rule in one sentence (JSON output and docs)."""
+    return (f"a {level:.0%} interval is reported when at least {MIN_USABLE_SHARE:.0%} of the replicates are "
+            f"usable (both classes drawn), at least {min_usable_replicates(level)} of them, over at least "
+            f"{MIN_BOOTSTRAP_UNITS} resampled patients")
+
+
+def ci_problem(used: int, n_bootstrap: int, n_units: int, level: float = 0.95) -> str | None:
+    """Why a bootstrap interval from `used` of `n_bootstrap` replicates over `n_units` resampled units
+    is not reported (None when it is): the rule of MIN_USABLE_SHARE, MIN_BOOTSTRAP_UNITS and
+    min_usable_replicates. A 95 % CI '0.886 to 0.886' from 41 of 200 replicates over 3 patients fails all three."""
+    if not n_bootstrap:
+        return None
+    need = min_usable_replicates(level)
+    if n_units < MIN_BOOTSTRAP_UNITS:
+        return (f"no CI: only {n_units} patient{'s' if n_units != 1 else ''} to resample "
+                f"(at least {MIN_BOOTSTRAP_UNITS} needed).")
+    if used < MIN_USABLE_SHARE * n_bootstrap:
+        return (f"no CI: {n_bootstrap - used} of {n_bootstrap} bootstrap replicates drew a single class and were "
+                f"dropped (at most {1 - MIN_USABLE_SHARE:.0%} may be): too few positive or negative patients.")
+    if used < need:
+        return f"no CI: {used} usable bootstrap replicates, at least {need} needed for a {level:.0%} interval."
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +402,8 @@ class EvaluationResult:
     resample: str
     ci_level: float
     notes: list[str] = field(default_factory=list)
+    #: Why the mean AUROC has no interval although replicates were drawn (see `ci_problem`).
+    mean_ci_note: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN and infinities become null)."""
@@ -378,7 +417,9 @@ class EvaluationResult:
             "n_patients": self.n_patients,
             "bootstrap": {"replicates": self.n_bootstrap, "seed": self.seed, "resample": self.resample,
                           "ci_level": self.ci_level, "method": "percentile",
-                          "mean_auroc_replicates_used": self.mean_bootstrap_used},
+                          "mean_auroc_replicates_used": self.mean_bootstrap_used,
+                          "mean_auroc_ci_note": self.mean_ci_note,
+                          "ci_rule": ci_rule_text(self.ci_level)},
             "notes": list(self.notes),
         })
 
@@ -411,8 +452,10 @@ def _operating_points(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float
 
 
 def class_metrics(label: str, y_true: np.ndarray, y_prob: np.ndarray,
-                  replicates: np.ndarray | None = None, ci_level: float = 0.95) -> ClassMetrics:
-    """Point metrics of one class, with the CI taken from its bootstrap replicates (NaNs dropped)."""
+                  replicates: np.ndarray | None = None, ci_level: float = 0.95,
+                  n_units: int | None = None) -> ClassMetrics:
+    """Point metrics of one class, with the CI taken from its bootstrap replicates (NaNs dropped) when
+    `ci_problem` accepts them (n_units: patients resampled, default the number of images)."""
     y, p = _check_binary(y_true, y_prob)
     n_pos = int(y.sum())
     n_neg = int(y.size - n_pos)
@@ -431,10 +474,14 @@ def class_metrics(label: str, y_true: np.ndarray, y_prob: np.ndarray,
     if replicates is not None and replicates.size:
         finite = replicates[np.isfinite(replicates)]
         used = int(finite.size)
-        low, high = percentile_ci(finite, ci_level)
-        dropped = replicates.size - used
-        if dropped:
-            note = f"{dropped} of {replicates.size} bootstrap replicates had a single class and were dropped."
+        problem = ci_problem(used, replicates.size, y.size if n_units is None else n_units, ci_level)
+        if problem:
+            note = problem
+        else:
+            low, high = percentile_ci(finite, ci_level)
+            dropped = replicates.size - used
+            if dropped:
+                note = f"{dropped} of {replicates.size} bootstrap replicates had a single class and were dropped."
     thr, sens, spec, sens90, thr90 = _operating_points(y, p)
     return ClassMetrics(label, n_pos, n_neg, n_pos / n, auroc(y, p), low, high, used, average_precision(y, p),
                         thr, sens, spec, sens90, thr90, brier, ece, bins, note)
@@ -455,28 +502,34 @@ def evaluate(y_true: np.ndarray, y_prob: np.ndarray, labels: Sequence[str], pati
     if not 0.0 < ci_level < 1.0:
         raise ConfigError(f"confidence level {ci_level} is not between 0 and 1.", fix="use e.g. 0.95.")
     n, k = y.shape
-    groups, _ = _groups(patient_ids, n, resample)
+    groups, n_units = _groups(patient_ids, n, resample)
     n_patients = int(np.unique(np.asarray(patient_ids)).size) if patient_ids is not None else n
     reps = bootstrap_auroc(y, p, groups, n_bootstrap=n_bootstrap, seed=seed, resample="patient")
     classes: dict[str, ClassMetrics] = {}
     notes: list[str] = []
     for c, label in enumerate(labels):
-        classes[label] = class_metrics(label, y[:, c], p[:, c], reps[:, c] if n_bootstrap else None, ci_level)
+        classes[label] = class_metrics(label, y[:, c], p[:, c], reps[:, c] if n_bootstrap else None, ci_level,
+                                       n_units=n_units)
         if classes[label].note and math.isnan(classes[label].auroc):
             notes.append(f"{label}: {classes[label].note}")
     defined = [c for c, label in enumerate(labels) if not math.isnan(classes[label].auroc)]
     mean = float(np.mean([classes[labels[c]].auroc for c in defined])) if defined else math.nan
     low = high = math.nan
     used = 0
+    mean_ci_note = None
     if defined and n_bootstrap:
         rep_mean = reps[:, defined].mean(axis=1)
         finite = rep_mean[np.isfinite(rep_mean)]
         used = int(finite.size)
-        low, high = percentile_ci(finite, ci_level)
+        mean_ci_note = ci_problem(used, n_bootstrap, n_units, ci_level)
+        if mean_ci_note:
+            notes.append(f"mean AUROC: {mean_ci_note}")
+        else:
+            low, high = percentile_ci(finite, ci_level)
     if len(defined) < k:
         notes.append(f"mean AUROC is over {len(defined)} of {k} classes (the others are undefined).")
     return EvaluationResult(classes=classes, mean_auroc=mean, mean_auroc_ci_low=low, mean_auroc_ci_high=high,
                             mean_auroc_classes=[labels[c] for c in defined], mean_bootstrap_used=used,
                             n_images=n, n_patients=n_patients,
                             n_bootstrap=int(n_bootstrap), seed=seed, resample=resample, ci_level=ci_level,
-                            notes=notes)
+                            notes=notes, mean_ci_note=mean_ci_note)

@@ -8,6 +8,9 @@ LABELS order. Image names are matched by file name: a directory part ("images/x.
 Matching rule (documented choice): the predictions must cover exactly the images of the labels file.
 A prediction for an image that is not in the labels is an error (it usually means the wrong split),
 and so is a labelled image without a prediction (a silently smaller test set changes the result).
+One exception: when the labels are a whole-dataset table (`dataset.is_dataset_table`, e.g. NIH's
+Data_Entry_2017 table), predictions made elsewhere for one split of it are evaluated on the images
+they cover (`align(..., subset=True)`), and `coverage_line` says so.
 """
 from __future__ import annotations
 
@@ -63,6 +66,22 @@ class Aligned:
     y: np.ndarray            # (n, k) uint8
     probs: np.ndarray        # (n, k) float64
     labels: tuple[str, ...]
+    #: Images of the labels file (more than n when only the predicted images of a whole table were kept).
+    n_labelled: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def is_subset(self) -> bool:
+        """True when fewer images than the labels file holds are evaluated."""
+        return self.n_labelled is not None and self.n_labelled > len(self)
+
+    def take(self, rows: np.ndarray) -> "Aligned":
+        """The same join restricted to `rows` (positions), keeping the labelled count."""
+        return Aligned(images=self.images[rows], patient_ids=self.patient_ids[rows], y=self.y[rows],
+                       probs=self.probs[rows], labels=self.labels,
+                       n_labelled=self.n_labelled if self.n_labelled is not None else len(self))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,11 +223,23 @@ def _parse_column(values: list[str], lines: np.ndarray, column: str, display: st
     outside = ~((numbers >= 0.0) & (numbers <= 1.0))
     if outside.any():
         example = numbers[outside][0]
-        logits = " They look like logits or scores: apply a sigmoid first." if np.isfinite(example) else ""
+        logits = _out_of_range_hint(numbers)
         raise PredictionsError(f"{int(outside.sum())} value(s) outside [0, 1] (e.g. {example:g}).", file=display,
                                rows=lines[outside].tolist(), column=column,
                                fix="write probabilities between 0 and 1." + logits)
     return numbers
+
+
+def _out_of_range_hint(numbers: np.ndarray) -> str:
+    """Why a column leaves [0, 1]: percentages (every value within 0-100, at least a tenth above 1), or
+    logits / scores (negative or above 100); nothing for a stray value such as 1.7."""
+    if not np.isfinite(numbers).all():
+        return ""
+    if numbers.min() >= 0.0 and numbers.max() <= 100.0:
+        if np.mean(numbers > 1.0) >= 0.1:  # a column of percentages, not one stray value above 1
+            return " They look like percentages (every value lies within 0-100): divide by 100."
+        return ""
+    return " They look like logits or scores: apply a sigmoid first."
 
 
 def read_predictions(source: str | Path | bytes, *, name: str | None = None) -> Predictions:
@@ -257,11 +288,13 @@ def _examples(names: Sequence[str]) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def align(predictions: Predictions, split: object, labels_name: str | None = None) -> Aligned:
+def align(predictions: Predictions, split: object, labels_name: str | None = None, *,
+          subset: bool = False) -> Aligned:
     """Join predictions to a Split (or a frame with Image, PatientId and the label columns) by image name.
 
-    Rows come out in the labels' order. Predictions for unlabelled images and labelled images without
-    predictions are both errors, reported with counts and example names.
+    Rows come out in the labels' order. Predictions for unlabelled images are an error, reported with
+    counts and example names; so are labelled images without predictions, unless `subset` (the labels
+    are a whole-dataset table): then only the predicted images are kept and `n_labelled` counts all.
     """
     frame = split if isinstance(split, pd.DataFrame) else getattr(split, "frame")
     source = labels_name or getattr(split, "source", None) or "the labels file"
@@ -290,7 +323,7 @@ def align(predictions: Predictions, split: object, labels_name: str | None = Non
             f"(e.g. {_examples(names)}).", file=predictions.file, rows=predictions.lines[extra].tolist(),
             fix="predict exactly the images of this labels file (remove these rows, or pass the labels "
                 "file of the split the predictions were made for).")
-    if no_pred.any():
+    if no_pred.any() and not subset:
         names = label_images[no_pred]
         raise PredictionsError(
             f"{int(no_pred.sum())} of {len(label_images)} labelled images in {source} have no prediction "
@@ -298,8 +331,29 @@ def align(predictions: Predictions, split: object, labels_name: str | None = Non
             fix="predict every image of the labels file; a silently smaller test set would change the metrics.")
     y = frame.loc[:, list(predictions.labels)].to_numpy(dtype=np.uint8)
     patients = frame["PatientId"].to_numpy(dtype=np.int64)
-    return Aligned(images=label_images, patient_ids=patients, y=y, probs=predictions.probs[position],
-                   labels=predictions.labels)
+    whole = Aligned(images=label_images, patient_ids=patients, y=y, probs=predictions.probs[np.maximum(position, 0)],
+                    labels=predictions.labels, n_labelled=len(label_images))
+    return whole.take(np.flatnonzero(~no_pred)) if no_pred.any() else whole
+
+
+def common_images(aligned: Sequence[Aligned]) -> list[Aligned]:
+    """Each join restricted to the images every one of them covers (in the first one's order).
+
+    `compare` on a whole-dataset table: several prediction files, each for its own share of the
+    table, are compared on the images they all predicted. PredictionsError when there are none."""
+    keep = pd.Index(aligned[0].images)
+    for a in aligned[1:]:
+        keep = keep[keep.isin(a.images)]
+    if keep.empty:
+        raise PredictionsError("the prediction files have no image in common.",
+                               fix="compare predictions made for the same images (the same split).")
+    return [a.take(pd.Index(a.images).get_indexer(keep)) for a in aligned]
+
+
+def coverage_line(n_evaluated: int, n_labelled: int, what: str = "those in the predictions file") -> str:
+    """The first line of an evaluation on part of a whole-dataset table, e.g.
+    '22,433 of 112,120 labelled images: those in the predictions file'."""
+    return f"{n_evaluated:,} of {n_labelled:,} labelled images: {what}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ MAX_BOOTSTRAP = 100_000
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, metavar="FILE",
                         help="labels: course CSV, NIH table, or TABLE@LIST "
-                             "(e.g. Data_Entry_2017_v2020.csv.gz@test_list.txt)")
+                             "(e.g. Data_Entry_2017_v2020.csv.gz@test_list.txt); against a whole-dataset "
+                             "table (NIH's, or one with *_list.txt beside it) the images with predictions "
+                             "are evaluated, against a split every image needs one")
     parser.add_argument("--predictions", required=True, metavar="FILE",
                         help="CSV with Image (or Image Index) and prob_<Label> or <Label> columns")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
@@ -59,8 +61,9 @@ def _thr(value: float) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
-def render_text(result, labels_file: str, predictions_file: str) -> str:
-    """Aligned per-class table, the mean AUROC line and notes."""
+def render_text(result, labels_file: str, predictions_file: str, coverage: str | None = None) -> str:
+    """Aligned per-class table, the mean AUROC line and notes; `coverage` (part of a whole-dataset
+    table evaluated) comes first."""
     level = int(round(result.ci_level * 100))
     header = ["Label", "n_pos", "n_neg", "prev", "AUROC", f"{level}% CI", "AUPRC", "thresh", "sens", "spec",
               "sens@spec90", "Brier"]
@@ -73,7 +76,7 @@ def render_text(result, labels_file: str, predictions_file: str) -> str:
 
     def fmt(r: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    lines = [f"Predictions {predictions_file} against labels {labels_file}",
+    lines = ([coverage] if coverage else []) + [f"Predictions {predictions_file} against labels {labels_file}",
              f"{result.n_images} images, {result.n_patients} patients, {len(result.classes)} classes"]
     if result.n_bootstrap:
         lines.append(f"{level}% CI: percentile interval of {result.n_bootstrap} bootstrap replicates resampling "
@@ -88,29 +91,43 @@ def render_text(result, labels_file: str, predictions_file: str) -> str:
     lines.append(mean)
     dropped = [f"{label} ({m.bootstrap_used} of {result.n_bootstrap} replicates used)"
                for label, m in result.classes.items()
-               if result.n_bootstrap and m.bootstrap_used and m.bootstrap_used < result.n_bootstrap]
+               if result.n_bootstrap and m.bootstrap_used and m.bootstrap_used < result.n_bootstrap
+               and not math.isnan(m.ci_low)]
     notes = list(result.notes)
+    notes += [f"{label}: {m.note}" for label, m in result.classes.items()
+              if m.note and m.note.startswith("no CI") and not math.isnan(m.auroc)]
     if dropped:
         notes.append("replicates with a single class were dropped for: " + ", ".join(dropped) + ".")
     lines += [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
+def coverage_json(n_evaluated: int, n_labelled: int, whole_table: bool) -> dict:
+    """What was evaluated, for JSON: images, the labels file's images, and the rule applied."""
+    return {"images": n_evaluated, "labelled_images": n_labelled,
+            "rule": "whole-dataset table: the images with predictions" if whole_table
+            else "split: every labelled image must have a prediction"}
+
+
 def run(args: argparse.Namespace) -> int:
+    from cxrcore.dataset import is_dataset_table
     from cxrcore.metrics import evaluate
-    from cxrcore.predictions import align, read_predictions
+    from cxrcore.predictions import align, coverage_line, read_predictions
 
     check_bootstrap(args.bootstrap)
     split = load_labels(args.labels)
     predictions = read_predictions(args.predictions)
-    data = align(predictions, split, labels_name=args.labels)
+    whole = is_dataset_table(split)
+    data = align(predictions, split, labels_name=args.labels, subset=whole)
     print_warnings(list(split.warnings) + list(predictions.warnings))
     result = evaluate(data.y, data.probs, data.labels, data.patient_ids, n_bootstrap=args.bootstrap,
                       seed=args.seed, resample=args.resample)
+    coverage = coverage_line(len(data), data.n_labelled) if data.is_subset else None
     if args.format == "json":
-        out = {"labels_file": args.labels, "predictions_file": args.predictions, **result.to_dict(),
+        out = {"labels_file": args.labels, "predictions_file": args.predictions,
+               "coverage": coverage_json(len(data), data.n_labelled, whole), **result.to_dict(),
                "warnings": [str(w) for w in list(split.warnings) + list(predictions.warnings)]}
         sys.stdout.write(json.dumps(out, indent=2, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(render_text(result, args.labels, args.predictions))
+        sys.stdout.write(render_text(result, args.labels, args.predictions, coverage))
     return 0
