@@ -1,0 +1,188 @@
+"""Training batches read from an image cache: no decoding, any Keras backend, reproducible per epoch.
+
+`ImageBatches` is a `keras.utils.PyDataset` over `cxrcore.train.image_cache.ImageCacheArray`: each batch
+gathers uint16 rows from the memory map, applies `Augmentation` (vectorised per batch: one OpenCV affine
+warp per image, which releases the GIL) and `Normalization`, and repeats gray to 3 channels, exactly as
+the tf.data pipeline's `_augment_batch` and `_finish_fn` do. The batch is split across a few threads,
+so one call keeps up with a GPU without a worker pool. Shuffling and augmentation depend only on
+(seed, epoch, batch index), so a job resumed at epoch k sees the batches an uninterrupted job saw.
+Never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+
+from cxrcore.errors import ConfigError
+from cxrcore.pipeline import EPSILON, Augmentation, Normalization
+from cxrcore.train.image_cache import ImageCacheArray
+
+_BORDERS = {"nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT}
+#: Images per thread below which splitting a batch costs more than it saves.
+_MIN_PER_THREAD = 4
+
+
+def _default_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def augmentation_params(aug: Augmentation, n: int, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image inverse affine maps (n, 2, 3) and gamma exponents (n,), drawn as `_augment_batch` does.
+
+    Output pixel p reads input pixel M (p - c) + c - t (M: rotation / zoom, x mirrored on a flip); every
+    draw is made even when its transform is off, so switching one on leaves the others' draws alone.
+    """
+    theta = rng.uniform(-1.0, 1.0, n) * (aug.rotation * math.pi / 180.0)
+    scale = 1.0 + rng.uniform(-1.0, 1.0, n) * aug.zoom
+    tx = rng.uniform(-1.0, 1.0, n) * aug.shift * side
+    ty = rng.uniform(-1.0, 1.0, n) * aug.shift * side
+    flip = np.where(rng.uniform(0.0, 1.0, n) < 0.5, -1.0, 1.0) if aug.horizontal_flip else np.ones(n)
+    gamma = np.exp(rng.uniform(-1.0, 1.0, n) * aug.brightness)
+    cos, sin = np.cos(theta) / scale, np.sin(theta) / scale
+    a0, a1, b0, b1 = cos * flip, sin, -sin * flip, cos
+    c = (side - 1.0) / 2.0
+    maps = np.stack([np.stack([a0, a1, c - a0 * c - a1 * c - tx], 1),
+                     np.stack([b0, b1, c - b0 * c - b1 * c - ty], 1)], 1)
+    return maps.astype(np.float64), gamma.astype(np.float32)
+
+
+def augment(gray: np.ndarray, aug: Augmentation, maps: np.ndarray, gamma: np.ndarray) -> None:
+    """Apply drawn transforms in place to float32 [0, 1] images (n, S, S): bilinear warp, then gamma."""
+    side = gray.shape[1]
+    geometric = bool(aug.rotation or aug.zoom or aug.shift or aug.horizontal_flip)
+    for i in range(len(gray)):
+        if geometric:
+            cv2.warpAffine(gray[i], maps[i], (side, side), dst=gray[i],
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=_BORDERS[aug.fill], borderValue=0.0)
+        if aug.brightness:
+            np.clip(gray[i], 0.0, 1.0, out=gray[i])
+            np.power(gray[i], gamma[i], out=gray[i])
+
+
+def finish(gray: np.ndarray, normalization: Normalization | None, out: np.ndarray) -> None:
+    """[0, 1] gray (n, S, S) -> normalized 3-channel `out` (n, S, S, 3), as the pipeline's `_finish_fn`."""
+    if normalization is None:
+        out[:] = gray[..., None]
+        return
+    if normalization.mode == "sample":
+        mean = gray.mean(axis=(1, 2), keepdims=True)
+        std = gray.std(axis=(1, 2), keepdims=True)
+        gray -= mean
+        gray /= std + np.float32(EPSILON)
+        out[:] = gray[..., None]
+        return
+    means = np.broadcast_to(np.asarray(normalization.mean, np.float32), (3,))
+    stds = np.broadcast_to(np.asarray(normalization.std, np.float32), (3,))
+    for ch in range(3):
+        np.subtract(gray, means[ch], out=out[..., ch])
+        out[..., ch] /= stds[ch] + np.float32(EPSILON)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches (x float32 (B, S, S, 3), y float32 (B, L)) from an image cache; x alone without targets.
+
+    shuffle: a new order each epoch from (seed, epoch); augmentation: drawn from (seed, epoch, batch).
+    `set_epoch(k)` before reading epoch k (Keras' fit moves on by itself through `on_epoch_begin`).
+    threads: how many threads share one batch (default: the usable cores, at most 8).
+    Other keyword arguments go to keras.utils.PyDataset (workers, use_multiprocessing, max_queue_size).
+    """
+
+    def __init__(self, cache: ImageCacheArray, targets: np.ndarray | None, *, batch_size: int,
+                 normalization: Normalization | None, augmentation: Augmentation | None = None,
+                 shuffle: bool = False, seed: int = 0, drop_remainder: bool = False,
+                 threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if normalization is not None:
+            normalization._require_fitted()
+        n = len(cache)
+        if targets is not None:
+            targets = np.asarray(targets, dtype=np.float32)
+            if targets.ndim != 2 or len(targets) != n:
+                raise ConfigError(f"targets must be (N, labels) with N = {n} images, got shape {targets.shape}.")
+        if drop_remainder and n < int(batch_size):
+            raise ConfigError(f"{n} images make no full batch of {batch_size}.",
+                              fix="lower the batch size or add images.")
+        self.cache = cache
+        self.targets = targets
+        self.batch_size = int(batch_size)
+        self.normalization = normalization
+        self.augmentation = augmentation if augmentation is not None and augmentation.enabled else None
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_remainder = bool(drop_remainder)
+        self.threads = max(1, int(threads or _default_threads()))
+        self._pool: ThreadPoolExecutor | None = None
+        self.epoch = 0
+        self._order = np.arange(n)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch `epoch`'s order and augmentation draws (a function of seed and epoch only)."""
+        self.epoch = int(epoch)
+        self._begun = False
+        n = len(self.cache)
+        self._order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
+                       else np.arange(n))
+
+    def on_epoch_begin(self) -> None:
+        """Keras' fit calls this before each epoch: the first keeps the epoch set, later ones move on."""
+        if self._begun:
+            self.set_epoch(self.epoch + 1)
+        self._begun = True
+
+    def __len__(self) -> int:
+        n = len(self.cache)
+        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+    def rows(self, index: int) -> np.ndarray:
+        """Cache rows of batch `index` in this epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1}).")
+        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def __getitem__(self, index: int):
+        rows = self.rows(int(index))
+        side = self.cache.input_size
+        x = np.empty((len(rows), side, side, 3), dtype=np.float32)
+        maps = gamma = None
+        if self.augmentation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            maps, gamma = augmentation_params(self.augmentation, len(rows), side, rng)
+
+        def work(lo: int, hi: int) -> None:
+            gray = self.cache.pixels[rows[lo:hi]].astype(np.float32)
+            gray *= np.float32(1.0 / 65535.0)
+            if maps is not None:
+                augment(gray, self.augmentation, maps[lo:hi], gamma[lo:hi])
+            finish(gray, self.normalization, x[lo:hi])
+
+        parts = min(self.threads, max(1, len(rows) // _MIN_PER_THREAD))
+        if parts == 1:
+            work(0, len(rows))
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="image-batches")
+            bounds = np.linspace(0, len(rows), parts + 1).astype(int)
+            for future in [self._pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+                future.result()
+        if self.targets is None:
+            return x
+        return x, self.targets[rows]
+
+    def __getstate__(self) -> dict:  # a thread pool does not pickle (use_multiprocessing=True)
+        state = dict(self.__dict__)
+        state["_pool"] = None
+        return state
+
+
+__all__ = ["ImageBatches", "augment", "augmentation_params", "finish"]
