@@ -12,6 +12,7 @@ checks work without it (the UI predicts through `prepare_images`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -29,6 +30,8 @@ from cxrcore.paths import escaping_links, is_inside
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import tensorflow as tf
+
+    from cxrcore.dataset import Split
 
 NORMALIZATION_MODES = ("sample", "dataset", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -270,6 +273,50 @@ def _basename_index(root: Path) -> dict[str, str]:
     return index
 
 
+def _locate(names: list[str], root: Path) -> tuple[list[str], list[int]]:
+    """Path of each name (image_root, else found by file name in its sub-folders) and the positions not found."""
+    paths = [str(root / n) for n in names]
+    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    if missing:
+        index = _basename_index(root)
+        for i in missing:
+            found = index.get(os.path.basename(names[i]))
+            if found and is_inside(found, root):
+                paths[i] = found
+        missing = [i for i in missing if not os.path.isfile(paths[i])]
+    return paths, missing
+
+
+def missing_images(frame: "pd.DataFrame", image_root: str | os.PathLike) -> list[str]:
+    """Names of the rows' images that are not on disk (as `resolve_image_paths` looks for them);
+    every name when the folder does not exist."""
+    names = [str(n) for n in frame["Image"].tolist()]
+    root = Path(image_root)
+    if not root.is_dir():
+        return names
+    _, missing = _locate(names, root)
+    return [names[i] for i in missing]
+
+
+def present_rows(split: Split, image_root: str | os.PathLike) -> tuple[Split, list[str]]:
+    """The split restricted to the images on disk (same name, order kept) and the missing names.
+
+    What `predict --missing skip` and the pages use when only part of a course's images were copied."""
+    missing = missing_images(split.frame, image_root)
+    if not missing:
+        return split, []
+    keep = ~split.frame["Image"].astype(str).isin(set(missing)).to_numpy()
+    frame = split.frame.loc[keep].reset_index(drop=True)
+    original = None if split.original is None else split.original.loc[keep].reset_index(drop=True)
+    return dataclasses.replace(split, frame=frame, original=original), missing
+
+
+def missing_summary(missing: Sequence[str], total: int, shown: int = 5) -> str:
+    """'407 of 420 images are missing: a.png, b.png, ... and 402 more'."""
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return f"{len(missing)} of {total} images are missing: {', '.join(missing[:shown])}{more}"
+
+
 def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) -> list[str]:
     """Full path of every row's "Image", checked up front; DatasetError names the missing files.
 
@@ -284,19 +331,9 @@ def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) ->
         raise DatasetError("the image folder does not exist.", file=str(root),
                            fix="set the image folder to where the PNG files are.")
     names = [str(n) for n in frame["Image"].tolist()]
-    paths = [str(root / n) for n in names]
-    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    paths, missing = _locate(names, root)
     if missing:
-        index = _basename_index(root)
-        for i in missing:
-            found = index.get(os.path.basename(names[i]))
-            if found and is_inside(found, root):
-                paths[i] = found
-        missing = [i for i in missing if not os.path.isfile(paths[i])]
-    if missing:
-        shown = ", ".join(names[i] for i in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DatasetError(f"{len(missing)} of {len(names)} images are missing: {shown}{more}.",
+        raise DatasetError(missing_summary([names[i] for i in missing], len(names)) + ".",
                            file=str(root), column="Image",
                            fix="download the missing images or remove their rows from the split.")
     escaping = escaping_links(root)

@@ -95,3 +95,29 @@ def test_predict_with_a_non_model_file_exits_2(world, tmp_path, capsys):
             "--images", str(world["data"] / "images"), "--out", str(tmp_path / "p.csv")]
     assert main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_predict_missing_images_error_by_default_and_skip_on_request(world, tmp_path, capsys):
+    """#20: a course folder holding part of the images: named error, or --missing skip then evaluate."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(world["data"] / "images", images)
+    test = load_split(world["data"] / "test.csv")
+    gone = list(test.frame["Image"][:3])
+    for name in gone:
+        (images / name).unlink()
+    argv = ["predict", "--model", str(world["models"] / "tiny.keras"), "--split", str(world["data"] / "test.csv"),
+            "--images", str(images), "--out", str(tmp_path / "p.csv"), "--no-cache", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"3 of {len(test)} images are missing: {gone[0]}" in err and err.count("\n") == 1
+    assert main(argv + ["--missing", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert f"--missing skip: 3 of {len(test)} images are missing" in err and "p_images.txt" in err
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert list(preds["Image"]) == list(test.frame["Image"][3:])
+    listed = tmp_path / "p_images.txt"
+    assert listed.read_text().split() == list(preds["Image"])
+    assert main(["evaluate", "--labels", f"{world['data'] / 'test.csv'}@{listed}", "--predictions",
+                 str(tmp_path / "p.csv"), "--bootstrap", "0"]) == 0

@@ -1,13 +1,17 @@
 """`predict`: probabilities for every image of a split, with the model's own size and normalization.
 
     python -m cxrcore predict --model PATH --split FILE --images DIR --out PREDS.csv [--batch N]
-        [--normalize-from TRAIN_FILE] [--shard I/N] [--cache DIR | --no-cache]
+        [--normalize-from TRAIN_FILE] [--shard I/N] [--cache DIR | --no-cache] [--missing error|skip]
     python -m cxrcore predict --merge PART.csv [PART.csv ...] --out PREDS.csv
 
 Output: `Image` plus one `prob_<Label>` column per class the model predicts. Results are cached per
 (model file, split) under --cache (default cache/predictions). Several GPUs on one machine are used
 through MirroredStrategy; --shard I/N predicts the I-th of N contiguous blocks (I from 1) so several
 machines can share a split, and --merge joins their outputs.
+
+Images of the split that are not on disk are an error (naming them); with --missing skip the present
+ones are predicted, the missing ones are named on stderr, and PREDS_images.txt lists the predicted
+images so `evaluate --labels SPLIT@PREDS_images.txt` scores exactly those.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default="cache/predictions", metavar="DIR", help="prediction cache folder")
     parser.add_argument("--no-cache", action="store_true", help="always recompute")
     parser.add_argument("--merge", nargs="+", metavar="CSV", help="merge shard outputs into --out instead")
+    parser.add_argument("--missing", choices=("error", "skip"), default="error",
+                        help="images of the split not on disk: error (default), or skip them, predict the "
+                             "others and write OUT_images.txt listing the predicted images")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -83,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from cxrcore.registry import describe_model
 
     split = load_named_splits([f"split={args.split}"])[0]
+    missing: list[str] = []
+    if args.missing == "skip":
+        split, missing = _present(split, args.images)
     if args.shard:
         index, count = _shard(args.shard)
         bounds = [round(i * len(split) / count) for i in range(count + 1)]
@@ -110,8 +120,31 @@ def run(args: argparse.Namespace) -> int:
     shutil.copyfile(path, args.out)
     if args.no_cache:
         path.unlink(missing_ok=True)
+    if missing:
+        listed = Path(args.out).with_name(Path(args.out).name.split(".")[0] + "_images.txt")
+        listed.write_text("\n".join(split.frame["Image"].astype(str)) + "\n", encoding="utf-8")
+        print(f"--missing skip: {_summary(missing, len(split) + len(missing))}; the {len(split)} predicted images are "
+              f"listed in {listed} (evaluate with --labels {args.split.split('@')[0]}@{listed})", file=sys.stderr)
     print(f"{len(split)} images -> {args.out}", file=sys.stderr)
     return 0
+
+
+def _present(split, image_root: str):
+    """The split's images on disk; DatasetError when none is."""
+    from cxrcore.errors import DatasetError
+    from cxrcore.pipeline import present_rows
+
+    present, missing = present_rows(split, image_root)
+    if not len(present):
+        raise DatasetError(f"none of the {len(missing)} images of the split is in the image folder.",
+                           file=image_root, fix="check --images (the folder that holds the PNG files).")
+    return present, missing
+
+
+def _summary(missing: list[str], total: int) -> str:
+    from cxrcore.pipeline import missing_summary
+
+    return missing_summary(missing, total)
 
 
 def _load(path: str, info):
