@@ -6,6 +6,7 @@ instant and safe to run on every page load.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrcore.dataset import Split, load_split, load_table
+from cxrcore.dataset import Split, load_split, load_table, parse_split_spec
 
 #: Image folder names tried in order (the course ships `images-small/`).
 IMAGE_DIR_NAMES = ("images", "images-small", "images_small", "imgs")
@@ -22,6 +23,11 @@ BBOX_NAMES = ("bbox.csv", "BBox_List_2017.csv", "BBox_List_2017.csv.gz")
 _TABLE = re.compile(r"^(Data_Entry.*|sample_labels)\.csv(\.gz)?$", re.IGNORECASE)
 _LIST = re.compile(r"^(train_val|train|valid|val|test)_list\.txt$", re.IGNORECASE)
 _SKIP_CSV = re.compile(r"^(bbox.*|BBox_List.*|.*predictions.*|prob.*|split_report.*)\.csv$", re.IGNORECASE)
+
+#: What a dataset's images are: the generated teaching phantoms, or radiographs (NIH's, the course's subset).
+DATA_SYNTHETIC, DATA_REAL = "synthetic demo", "real X-rays"
+#: The demo generator's completion marker (cxrcore.demo.generate.MARKER), read here without importing it.
+_DEMO_MARKER = ".complete"
 
 #: Split roles in training order; a split's role comes from its name.
 ROLES = ("train", "valid", "test")
@@ -52,6 +58,11 @@ class DatasetEntry:
     stamp: tuple[float, ...] = ()
 
     @property
+    def kind(self) -> str:
+        """DATA_SYNTHETIC (the demo set) or DATA_REAL."""
+        return data_kind(self.root)
+
+    @property
     def split_names(self) -> list[str]:
         return [name for name, _ in self.splits]
 
@@ -63,6 +74,41 @@ class DatasetEntry:
         if "train" in roles and valid:
             return roles["train"], valid
         return None
+
+
+def data_kind(folder: str | os.PathLike) -> str:
+    """DATA_SYNTHETIC for a folder the demo generator wrote (or its image folder), else DATA_REAL."""
+    folder = Path(folder)
+    for candidate in (folder, folder.parent):
+        try:
+            marker = json.loads((candidate / _DEMO_MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and str(marker.get("generator", "")).startswith("cxrcore.demo"):
+            return DATA_SYNTHETIC
+    return DATA_REAL
+
+
+def spec_dataset(spec: str | None) -> tuple[str, str]:
+    """(dataset name, data kind) of a labels spec NAME=FILE or TABLE@LIST: the folder holding the file;
+    ("", "") when there is no spec."""
+    if not spec:
+        return "", ""
+    folder = Path(parse_split_spec(spec)[1]).resolve().parent
+    return folder.name, data_kind(folder)
+
+
+def kind_mismatch(model_kind: str, data: str, model_dataset: str = "") -> str | None:
+    """A warning when a model trained on one kind of images scores another kind; None when they agree
+    or either is unknown (models saved before the kind was recorded raise no false alarm)."""
+    if not model_kind or not data or model_kind == data:
+        return None
+    trained = f"the {model_kind} images of '{model_dataset}'" if model_dataset else f"{model_kind} images"
+    if model_kind == DATA_SYNTHETIC:
+        return (f"This model was trained on {trained} (drawn phantoms), and these are {data}: its "
+                "probabilities and maps say nothing about a real radiograph. Use it only on the demo data.")
+    return (f"This model was trained on {trained}, and these are {data}: out of distribution, so its "
+            "scores are not meaningful here.")
 
 
 def _image_root(folder: Path) -> Path | None:

@@ -123,6 +123,10 @@ class ModelInfo:
     origin: str = "trained"
     backbone: str = "densenet121"
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The dataset the model was trained on (its folder name) and what its images are
+    #: (`catalog.DATA_SYNTHETIC` / `catalog.DATA_REAL`); "" when unknown (older files, foreign models).
+    dataset: str = ""
+    data_kind: str = ""
 
     def __post_init__(self) -> None:
         labels = []
@@ -152,7 +156,8 @@ class ModelInfo:
         """Plain dict for JSON."""
         return {"format": INFO_FORMAT, "name": self.name, "origin": self.origin, "backbone": self.backbone,
                 "labels": list(self.labels), "input_size": self.input_size,
-                "normalization": self.normalization.to_dict(), "metadata": self.metadata}
+                "normalization": self.normalization.to_dict(), "metadata": self.metadata,
+                "dataset": self.dataset, "data_kind": self.data_kind}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelInfo":
@@ -162,7 +167,8 @@ class ModelInfo:
         return cls(labels=tuple(data["labels"]), input_size=data.get("input_size", 320),
                    normalization=Normalization.from_dict(data.get("normalization", "sample")),
                    name=str(data.get("name", "model")), origin=str(data.get("origin", "trained")),
-                   backbone=str(data.get("backbone", "densenet121")), metadata=dict(data.get("metadata") or {}))
+                   backbone=str(data.get("backbone", "densenet121")), metadata=dict(data.get("metadata") or {}),
+                   dataset=str(data.get("dataset") or ""), data_kind=str(data.get("data_kind") or ""))
 
     def to_json(self) -> str:
         """Pretty JSON text (the `<model>.json` sidecar)."""

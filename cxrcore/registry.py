@@ -114,6 +114,7 @@ def model_card(entry: ModelEntry) -> dict:
         "backbone": info.backbone if info else None, "input_size": info.input_size if info else None,
         "normalization": info.normalization.mode if info else None,
         "labels": len(info.labels) if info else None,
-        "trained_on": entry.train_split, "problem": entry.problem,
+        "trained_on": entry.train_split, "dataset": info.dataset if info else None,
+        "data_kind": (info.data_kind or None) if info else None, "problem": entry.problem,
     }
 

@@ -605,9 +605,11 @@ def _model_info(config: TrainConfig, data: TrainingData, run_dir: Path, epoch: i
             "valid_fingerprint": data.fingerprints["valid"]["sha256"], "preset": config.preset,
             "train_images": len(data.train), "freeze": config.freeze, "class_weighting": config.class_weighting,
             "saved": time.time()}
+    from cxrcore.catalog import spec_dataset
+    dataset, kind = spec_dataset(config.train_split)
     return ModelInfo(labels=data.labels, input_size=config.input_size, normalization=data.normalization,
                      name=f"{config.name or config.preset}-{run_dir.name}", origin="trained here",
-                     backbone=config.backbone, metadata=meta)
+                     backbone=config.backbone, metadata=meta, dataset=dataset, data_kind=kind)
 
 
 def _write_run_json(run_dir: Path, config: TrainConfig, data: TrainingData, extra: dict[str, Any],

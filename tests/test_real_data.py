@@ -215,3 +215,40 @@ def test_percentages_get_divide_by_100(tmp_path, cells, hint):
 def test_align_subset_keeps_the_labelled_count(nih):
     data = align(read_predictions(nih["good"]), load_table(nih["table"]), subset=True)
     assert len(data) == len(nih["test"]) and data.n_labelled == nih["n"] and data.is_subset
+
+
+# --- 4. what a model was trained on -----------------------------------------------------------------
+
+
+def _demo_folder(folder: Path) -> Path:
+    (folder / "images").mkdir(parents=True)
+    (folder / ".complete").write_text(json.dumps({"generator": "cxrcore.demo 0.1", "config": {}}))
+    (folder / "train.csv").write_text("Image\n")
+    return folder
+
+
+def test_data_kind_of_folders_and_specs(tmp_path):
+    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, data_kind, spec_dataset
+
+    demo = _demo_folder(tmp_path / "demo")
+    assert data_kind(demo) == DATA_SYNTHETIC and data_kind(demo / "images") == DATA_SYNTHETIC
+    (tmp_path / "nih").mkdir()
+    assert data_kind(tmp_path / "nih") == DATA_REAL
+    assert spec_dataset(f"train={demo / 'train.csv'}") == ("demo", DATA_SYNTHETIC)
+    assert spec_dataset(f"{tmp_path / 'nih' / 'Data_Entry.csv'}@{tmp_path / 'nih' / 'x.txt'}") == ("nih", DATA_REAL)
+    assert spec_dataset(None) == ("", "")
+
+
+def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
+    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
+    from cxrcore.model import ModelInfo
+
+    info = ModelInfo(dataset="demo", data_kind=DATA_SYNTHETIC)
+    again = ModelInfo.from_json(info.to_json())
+    assert (again.dataset, again.data_kind) == ("demo", DATA_SYNTHETIC)
+    old = ModelInfo.from_dict({"labels": list(LABELS)})  # written before the field existed
+    assert old.data_kind == "" and kind_mismatch(old.data_kind, DATA_REAL) is None
+    assert kind_mismatch(DATA_SYNTHETIC, DATA_SYNTHETIC) is None
+    warning = kind_mismatch(DATA_SYNTHETIC, DATA_REAL, "demo")
+    assert "synthetic demo" in warning and "real X-rays" in warning and "demo data" in warning
+    assert "out of distribution" in kind_mismatch(DATA_REAL, DATA_SYNTHETIC)

@@ -412,6 +412,7 @@ def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shape
     # the best model: atomic .keras with its info (labels, size, normalization, training splits for leakage checks)
     loaded = load_model(run_dir / "best.keras")
     assert loaded.info.labels == ("Mass",) and loaded.info.input_size == 32 and loaded.info.origin == "trained here"
+    assert loaded.info.data_kind == "real X-rays" and loaded.info.dataset  # what it saw, for the OOD warning (#20)
     meta = loaded.info.metadata
     assert meta["train_split"] == config.train_split and meta["valid_split"] == config.valid_split
     assert meta["val_auroc"] == pytest.approx(best, abs=1e-6)
