@@ -78,6 +78,27 @@ def split_key(splits: list[Split]) -> tuple:
                   int(s.labels.sum())) for s in splits)
 
 
+def present_images(split: Split, image_root: str | Path) -> tuple[Split, list[str]]:
+    """The split's rows whose image file is on disk, and the names of the missing ones (re-checked every 30 s)."""
+    return _present_images(split_key([split]), str(image_root), split)
+
+
+@st.cache_data(show_spinner="Looking for the image files...", ttl=30, max_entries=32)
+def _present_images(key: tuple, image_root: str, _split: Split) -> tuple[Split, list[str]]:
+    from cxrcore.pipeline import present_rows
+
+    return present_rows(_split, image_root)
+
+
+def missing_note(split: Split, missing: list[str], what: str) -> str:
+    """'407 of 420 images of test are missing from the image folder: a.png, ... and 402 more; <what>'."""
+    from cxrcore.pipeline import missing_summary
+
+    text = missing_summary(missing, len(split)).replace(" images are missing", f" images of {split.name} are "
+                                                         "missing from the image folder", 1)
+    return f"{text}. {what}"
+
+
 def active_dataset() -> ActiveDataset | None:
     """The dataset chosen in the sidebar, loaded (cached); None when there is none at all."""
     choice = st.session_state.get(DATASET_KEY)

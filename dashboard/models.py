@@ -125,15 +125,24 @@ def ready_model(entry: ModelEntry, dataset: ActiveDataset | None) -> LoadedModel
 
 
 def predictions_for(entry: ModelEntry, split: Split, dataset: ActiveDataset) -> Predictions:
-    """The model's predictions on a split of the active dataset, computed once (progress bar) and cached."""
+    """The model's predictions on the images of a split that are on disk (missing files are left out: the
+    pages say which), computed once (progress bar) and cached."""
+    from cxrcore.errors import DatasetError
     from cxrcore.inference import cached_predictions
+    from dashboard.loaders import present_images
 
     model = ready_model(entry, dataset)
-    bar = st.progress(0.0, text=f"Predicting {len(split):,} images with {entry.name}...")
-    path = cached_predictions(cache_root() / "predictions", entry.fingerprint, model, split, dataset.image_root,
-                              progress=lambda done, total, _: bar.progress(done / total,
-                                                                           text=f"{entry.name}: {done}/{total}"))
-    bar.empty()
+    present, missing = present_images(split, dataset.image_root)
+    if not len(present):
+        raise DatasetError(f"none of the {len(split):,} images of {split.name} is in the image folder.",
+                           file=str(dataset.image_root), fix="copy the images there, or use prediction files.")
+    bar = st.progress(0.0, text=f"Predicting {len(present):,} images with {entry.name}...")
+    try:
+        path = cached_predictions(cache_root() / "predictions", entry.fingerprint, model, present, dataset.image_root,
+                                  progress=lambda done, total, _: bar.progress(done / total,
+                                                                               text=f"{entry.name}: {done}/{total}"))
+    finally:
+        bar.empty()  # also when prediction fails: no progress bar left standing over the error
     return _read_cached(str(path), path.stat().st_mtime_ns)
 
 
@@ -143,8 +152,11 @@ def _read_cached(path: str, mtime: int) -> Predictions:
 
 
 def model_sources(split: Split, dataset: ActiveDataset) -> tuple[dict[str, Predictions], dict[str, dict]]:
-    """Predictions of the sidebar's active models on a split, and what each was trained on (for the
-    leakage warning). Models that fail show an error and are left out; the others still evaluate."""
+    """Predictions of the sidebar's active models on a split (its images on disk: a warning names the
+    missing ones), and what each was trained on (for the leakage warning). Models that fail show an
+    error and are left out; the others still evaluate."""
+    from cxrcore.catalog import kind_mismatch
+    from dashboard.loaders import missing_note, present_images
     from dashboard.widgets import user_errors
 
     sources: dict[str, Predictions] = {}
@@ -156,7 +168,15 @@ def model_sources(split: Split, dataset: ActiveDataset) -> tuple[dict[str, Predi
         st.info("The active dataset has no image folder, so its models cannot predict it here; "
                 "use prediction files instead.")
         return sources, training
+    present, missing = present_images(split, dataset.image_root)
+    if missing and len(present):
+        st.warning(missing_note(split, missing, f"The models predict the {len(present):,} present images and "
+                                                "are evaluated on those."), icon=":material/image_not_supported:")
+    kind = dataset.entry.kind if dataset.entry is not None else ""
     for entry in models:
+        warning = kind_mismatch(entry.info.data_kind, kind, entry.info.dataset)
+        if warning:
+            st.warning(f"{entry.name}: {warning}", icon=":material/warning:")
         with user_errors(f"model '{entry.name}'"):
             sources[entry.name] = predictions_for(entry, split, dataset)
             if entry.train_split:

@@ -25,8 +25,8 @@ from cxrcore.errors import ConfigError, DatasetError
 from cxrcore.export import csv_text
 from cxrcore.labels import LABELS, canonical_label
 from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
-from cxrcore.metrics import (EvaluationResult, brier_score, evaluate, jsonable, pr_curve, reliability_bins,
-                             roc_curve, threshold_metrics)
+from cxrcore.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
+                             reliability_bins, roc_curve, threshold_metrics)
 from cxrcore.predictions import Aligned, Predictions, align, read_predictions
 from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
@@ -63,9 +63,67 @@ def default_split_name(names: list[str]) -> str:
 def choose_split(splits: Mapping[str, Split]) -> Split:
     """Selector of the split that holds the labels; defaults to the test split."""
     names = list(splits)
+    if st.session_state.get("results_split") not in names:
+        st.session_state.pop("results_split", None)
     default = names.index(default_split_name(names))
     return splits[st.selectbox("Labels: the evaluated split", names, index=default, key="results_split",
-                               help="The predictions must cover exactly the images of this split.")]
+                               help="The predictions must cover exactly the images of a split; against a "
+                                    "whole-dataset table (NIH's Data_Entry_2017) the images with predictions "
+                                    "are evaluated.")]
+
+
+def _keep(uploader_key: str, kept_key: str) -> None:
+    """on_change of an uploader: what it holds now is kept for the session (leaving the page empties the
+    widget, not this copy); emptying the widget by hand forgets the files."""
+    files = st.session_state.get(uploader_key) or []
+    st.session_state[kept_key] = [(f.name, f.getvalue()) for f in files]
+
+
+def kept_uploads(label: str, uploader_key: str, kept_key: str, types: list[str], help: str | None = None
+                 ) -> list[tuple[str, bytes]]:
+    """A multi-file uploader whose files stay for the session (st.session_state): (name, bytes) pairs."""
+    current = st.file_uploader(label, type=types, accept_multiple_files=True, key=uploader_key,
+                               on_change=_keep, args=(uploader_key, kept_key), help=help) or []
+    if current:
+        st.session_state[kept_key] = [(f.name, f.getvalue()) for f in current]
+    kept = list(st.session_state.get(kept_key) or [])
+    if kept and not current:  # back on the page: the widget is new, the files are not
+        cols = st.columns([5, 1], vertical_alignment="center")
+        cols[0].caption("Kept from earlier in this session: " + ", ".join(n for n, _ in kept))
+        if cols[1].button("Forget", key=f"{kept_key}_forget", icon=":material/delete:"):
+            st.session_state[kept_key] = []
+            st.rerun()
+    return kept
+
+
+LABELS_KEPT = "results_labels_kept"
+UPLOADS_KEPT = "results_uploads_kept"
+UPLOADED_SUFFIX = " (uploaded)"
+
+
+@st.cache_data(show_spinner="Reading the labels file...", max_entries=16)
+def _uploaded_labels(content_hash: str, _files: tuple) -> list[Split]:
+    from cxrcore.catalog import splits_from_files
+
+    return splits_from_files(list(_files))
+
+
+def uploaded_labels() -> dict[str, Split]:
+    """Labels files uploaded on this page (a course CSV, NIH's table, or the table with list files),
+    kept for the session; named '<split> (uploaded)'."""
+    with st.expander("Labels of your own (when they are not a split of the active dataset)",
+                     icon=":material/upload_file:"):
+        files = kept_uploads("Labels file: course CSV, NIH Data_Entry table (.csv or .csv.gz), or the table with "
+                             "list files (test_list.txt)", "results_labels_upload", LABELS_KEPT,
+                             ["csv", "gz", "txt"])
+    if not files:
+        return {}
+    out: dict[str, Split] = {}
+    with user_errors("the uploaded labels"):
+        key = digest(b"".join(n.encode() + d for n, d in files))
+        for split in _uploaded_labels(key, tuple(files)):
+            out[split.name + UPLOADED_SUFFIX] = split
+    return out
 
 
 def looks_like_predictions(path: Path) -> bool:
@@ -254,9 +312,10 @@ def choose_sources(taken: Iterable[str] = ()) -> tuple[dict[str, Predictions], d
             key="results_models",
             help=f"CSV files with an image column and prob_<Label> columns under {models} and "
                  f"{runs}/<run>/predictions/.")
-    uploads = st.file_uploader(
+    uploads = kept_uploads(
         "Upload prediction CSVs (and optional <file>.json sidecars with train_split / train_patients)",
-        type=["csv", "json"], accept_multiple_files=True, key="results_uploads")
+        "results_uploads", UPLOADS_KEPT, ["csv", "json"],
+        help="Kept for this session: they are still here when you come back from another page.")
     sources: dict[str, Predictions] = {}
     training: dict[str, dict] = {}
     for name in chosen:
@@ -268,17 +327,16 @@ def choose_sources(taken: Iterable[str] = ()) -> tuple[dict[str, Predictions], d
             if side is not None:
                 with user_errors(f"model '{name}', training metadata"):
                     training[name] = parse_sidecar(side.read_bytes(), str(side), base=side.parent)
-    files = list(uploads or [])
-    jsons = {f.name: f for f in files if f.name.lower().endswith(".json")}
-    csvs = [f for f in files if not f.name.lower().endswith(".json")]
-    named = unique_names([Path(f.name) for f in csvs], taken=[*taken, *sources])
-    for (name, _), file in zip(named.items(), csvs):
-        with user_errors(f"uploaded '{file.name}'"):
-            sources[name] = read_prediction_bytes(file.getvalue(), file.name)
-        side = jsons.get(file.name + ".json") or jsons.get(_stem(file.name) + ".json")
-        if name in sources and side is not None:
-            with user_errors(f"uploaded '{side.name}'"):
-                training[name] = parse_sidecar(side.getvalue(), side.name)
+    jsons = {n: data for n, data in uploads if n.lower().endswith(".json")}
+    csvs = [(n, data) for n, data in uploads if not n.lower().endswith(".json")]
+    named = unique_names([Path(n) for n, _ in csvs], taken=[*taken, *sources])
+    for name, (file_name, data) in zip(named, csvs):
+        with user_errors(f"uploaded '{file_name}'"):
+            sources[name] = read_prediction_bytes(data, file_name)
+        side_name = next((n for n in (file_name + ".json", _stem(file_name) + ".json") if n in jsons), None)
+        if name in sources and side_name is not None:
+            with user_errors(f"uploaded '{side_name}'"):
+                training[name] = parse_sidecar(jsons[side_name], side_name)
     return sources, training
 
 
@@ -314,19 +372,62 @@ def fingerprint(predictions: Predictions) -> str:
     return h.hexdigest()
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _align(pred_key: str, labels_key: tuple, subset: bool, _predictions: Predictions, _split: Split) -> Aligned:
+    return align(_predictions, _split, subset=subset)
+
+
+def align_source(predictions: Predictions, split: Split, subset: bool) -> Aligned:
+    """Join to the split: strict (every image predicted), or with `subset` the predicted images only."""
+    return _align(fingerprint(predictions), split_key([split]), subset, predictions, split)
+
+
 @st.cache_data(show_spinner="Evaluating: AUROC with patient-bootstrap intervals...", max_entries=64)
-def _evaluate(pred_key: str, labels_key: tuple, n_bootstrap: int, _predictions: Predictions,
-              _split: Split) -> tuple[Aligned, EvaluationResult]:
-    aligned = align(_predictions, _split)
-    result = evaluate(aligned.y, aligned.probs, aligned.labels, aligned.patient_ids, n_bootstrap=n_bootstrap, seed=0)
-    return aligned, result
+def _evaluate(pred_key: str, labels_key: tuple, images_key: str, n_bootstrap: int,
+              _aligned: Aligned) -> EvaluationResult:
+    a = _aligned
+    return evaluate(a.y, a.probs, a.labels, a.patient_ids, n_bootstrap=n_bootstrap, seed=0)
 
 
-def evaluate_source(name: str, predictions: Predictions, split: Split, n_bootstrap: int) -> Evaluated:
-    """Join to the split (strict: the same images) and evaluate; cached by content and split."""
-    key = (fingerprint(predictions), split_key([split]), n_bootstrap)
-    aligned, result = _evaluate(*key, predictions, split)
-    return Evaluated(name, predictions, aligned, result, key)
+def images_key(aligned: Aligned) -> str:
+    """Identifies the evaluated images (all of the split, or the part every model covers)."""
+    return digest("\n".join(map(str, aligned.images)).encode())
+
+
+def evaluate_source(name: str, predictions: Predictions, split: Split, n_bootstrap: int,
+                    aligned: Aligned | None = None) -> Evaluated:
+    """Evaluate `aligned` (default: the strict join to the split); cached by content, split and images."""
+    aligned = aligned if aligned is not None else align_source(predictions, split, False)
+    key = (fingerprint(predictions), split_key([split]), images_key(aligned), n_bootstrap)
+    return Evaluated(name, predictions, aligned, _evaluate(*key, aligned), key)
+
+
+def join_sources(split: Split, sources: Mapping[str, Predictions], partial: Iterable[str] = ()
+                 ) -> tuple[dict[str, Aligned], str | None]:
+    """Each source joined to the split, then restricted to the images all of them cover; with the
+    sentence saying so when that is fewer than the split holds.
+
+    Strict joins, except against a whole-dataset table (predictions made elsewhere for one split of
+    it) and for the `partial` sources (models that predicted only the images on disk)."""
+    from cxrcore.dataset import is_dataset_table
+    from cxrcore.predictions import common_images, coverage_line
+
+    whole = is_dataset_table(split)
+    partial = set(partial)
+    aligned: dict[str, Aligned] = {}
+    for name, predictions in sources.items():
+        with user_errors(f"model '{name}' on {split.name}"):
+            aligned[name] = align_source(predictions, split, whole or name in partial)
+    if not aligned:
+        return {}, None
+    with user_errors(f"the images the models share on {split.name}"):
+        joined = dict(zip(aligned, common_images(list(aligned.values()))))
+        first = next(iter(joined.values()))
+        if not first.is_subset:
+            return joined, None
+        what = "those in the predictions file" if len(joined) == 1 else "those every model predicted"
+        return joined, coverage_line(len(first), first.n_labelled, what)
+    return {}, None
 
 
 def evaluated_key(evaluated: Mapping[str, Evaluated]) -> tuple:
@@ -354,7 +455,7 @@ def comparison(evaluated: Mapping[str, Evaluated], split: Split, reference: str,
     first = evaluated[names[0]]
     y = first.aligned.y[:, [first.aligned.labels.index(label) for label in labels]]
     probs = [e.aligned.probs[:, [e.aligned.labels.index(label) for label in labels]] for e in evaluated.values()]
-    keys = tuple((name, fingerprint(e.predictions)) for name, e in evaluated.items())
+    keys = tuple((name, fingerprint(e.predictions), images_key(e.aligned)) for name, e in evaluated.items())
     return _compare(keys, split_key([split]), tuple(labels), names.index(reference), n_bootstrap, y, probs,
                     first.aligned.patient_ids)
 
@@ -447,6 +548,21 @@ def delong_table(comp: Comparison) -> pd.DataFrame:
     return table
 
 
+def mean_difference_table(comp: Comparison) -> pd.DataFrame:
+    """One row per model: difference of mean AUROC to the reference, bootstrap CI and p (or why none)."""
+    rows = []
+    for pair in comp.pairs:
+        m = pair.mean
+        rows.append({"model": pair.model, "classes": len(m.classes), "Δ mean AUROC": f"{m.delta:+.3f}"
+                     if not math.isnan(m.delta) else "-",
+                     "95% CI (patient bootstrap)": "-" if math.isnan(m.ci_low) else f"[{m.ci_low:+.3f}, {m.ci_high:+.3f}]",
+                     "p (bootstrap)": m.p_text(), "note": m.note or ""})
+    table = pd.DataFrame(rows)
+    if not table.empty and not table["note"].astype(bool).any():
+        table = table.drop(columns="note")
+    return table
+
+
 def evaluation_json(split: Split, evaluated: Mapping[str, Evaluated], comp: Comparison | None,
                     overlaps: Mapping[str, int | None], n_bootstrap: int) -> str:
     """The whole evaluation as JSON: split, every model's metrics, the DeLong comparison, literature note."""
@@ -504,12 +620,19 @@ def render_auroc_table(split: Split, evaluated: Mapping[str, Evaluated], overlap
         st.caption(note)
     if n_bootstrap:
         short = sorted({label for e in evaluated.values() for label, m in e.result.classes.items()
-                        if 0 < m.bootstrap_used < n_bootstrap})
+                        if 0 < m.bootstrap_used < n_bootstrap and not math.isnan(m.ci_low)})
         if short:
             st.caption("Some replicates drew no positive (or no negative) image and were left out of the interval "
                        "of: " + ", ".join(short) + ". Few positives: read those intervals with care.")
+        no_ci = sorted({f"{label}: {m.note}" for e in evaluated.values() for label, m in e.result.classes.items()
+                        if m.note and m.note.startswith("no CI") and not math.isnan(m.auroc)})
+        if no_ci:
+            st.caption("No interval where the bootstrap cannot give one (" + ci_rule_text() + "): "
+                       + "; ".join(no_ci[:6]) + (f"; and {len(no_ci) - 6} more." if len(no_ci) > 6 else ""))
+    first = next(iter(evaluated.values())).aligned
     st.caption(f"95% CI: percentile interval of {n_bootstrap} bootstrap replicates that resample patients "
-               f"(seed 0). {split.name}: {len(split):,} images of {np.unique(split.patients).size:,} patients."
+               f"(seed 0). Evaluated: {len(first):,} images of {np.unique(first.patient_ids).size:,} patients "
+               f"({split.name} holds {len(split):,})."
                if n_bootstrap else "No bootstrap replicates: no confidence intervals.")
     teaching_note("what AUROC means",
                   "The AUROC is the probability that the model gives a randomly chosen image **with** the "
@@ -528,11 +651,14 @@ def render_auroc_table(split: Split, evaluated: Mapping[str, Evaluated], overlap
 
 
 @section("the AUROC chart")
-def render_auroc_bars(evaluated: Mapping[str, Evaluated]) -> None:
+def render_auroc_bars(evaluated: Mapping[str, Evaluated], literature_default: bool = True) -> None:
     labels = [label for label in LABELS if any(label in e.result.classes for e in evaluated.values())]
     values = {name: {label: (m.auroc, m.ci_low, m.ci_high) for label, m in e.result.classes.items()}
               for name, e in evaluated.items()}
-    show = st.toggle("Show published AUROCs (CheXNet, Wang et al. 2017)", value=True, key="results_literature")
+    show = st.toggle("Show published AUROCs (CheXNet, Wang et al. 2017)", value=literature_default,
+                     key="results_literature",
+                     help="Published results on NIH ChestX-ray14: on by default for NIH data, off over the "
+                          "synthetic demo set, where they mean nothing.")
     figure = cached_figure("auroc_bars", (evaluated_key(evaluated), show), lambda: charts.auroc_bars(
         labels, list(evaluated), values, LITERATURE if show else ()))
     st.plotly_chart(figure, width="stretch", key="results_bars")
@@ -632,6 +758,9 @@ def render_delong(split: Split, evaluated: Mapping[str, Evaluated], n_bootstrap:
             st.caption(f"AUROC ref. = {reference}; AUROC model = {model}.")
             st.dataframe(part, hide_index=True, width="stretch", height=35 * (len(part) + 1) + 3,
                          column_config=config)
+    st.markdown("**Mean AUROC**, model - reference, with a paired patient bootstrap (the same resampled "
+                "patients for both models):")
+    st.dataframe(mean_difference_table(comp), hide_index=True, width="stretch")
     st.caption(f"Δ = model - reference ({reference}) on the same {comp.n_images:,} images; p: DeLong's paired "
                f"two-sided test; Holm p: adjusted across the {len(comp.labels)} classes of each model.")
     for note in comp.notes:
@@ -748,26 +877,32 @@ def render_downloads(split: Split, evaluated: Mapping[str, Evaluated], comp: Com
 
 
 def render_results(split: Split, sources: Mapping[str, Predictions], *, training: Mapping[str, Mapping] | None = None,
-                   splits: Mapping[str, Split] | None = None) -> dict[str, Evaluated]:
+                   splits: Mapping[str, Split] | None = None, partial: Iterable[str] = (),
+                   literature_default: bool = True) -> dict[str, Evaluated]:
     """Every section for `sources` (model name -> predictions) evaluated on `split`; returns the evaluations.
 
     `training` maps a model name to its training metadata (`train_split` and/or `train_patients`) for
-    the leakage check; `splits` lets `train_split` name a split of the active dataset.
+    the leakage check; `splits` lets `train_split` name a split of the active dataset; `partial` names
+    sources that cover only part of the split by design (the images on disk); `literature_default`:
+    whether the published AUROCs start shown (on for NIH data, off over the synthetic demo).
     """
     if not sources:
         return {}
     n_bootstrap = bootstrap_replicates()
+    joined, coverage = join_sources(split, sources, partial)
+    if coverage:
+        st.info(f"{coverage} (labels: {split.name}).", icon=":material/filter_alt:")
     evaluated: dict[str, Evaluated] = {}
-    for name, predictions in sources.items():
+    for name, aligned in joined.items():
         with user_errors(f"model '{name}' on {split.name}"):
-            evaluated[name] = evaluate_source(name, predictions, split, n_bootstrap)
+            evaluated[name] = evaluate_source(name, sources[name], split, n_bootstrap, aligned)
     show_warnings([w for p in sources.values() for w in p.warnings])
     if not evaluated:
         st.info(f"No model could be evaluated on {split.name}; see the errors above.")
         return {}
     overlaps = render_leakage(split, evaluated, training or {}, splits)
     render_auroc_table(split, evaluated, overlaps, n_bootstrap)
-    render_auroc_bars(evaluated)
+    render_auroc_bars(evaluated, literature_default)
     render_curves(evaluated)
     comp = render_delong(split, evaluated, n_bootstrap)
     render_threshold_explorer(evaluated)
@@ -776,8 +911,31 @@ def render_results(split: Split, sources: Mapping[str, Predictions], *, training
     return evaluated
 
 
-def render_guidance() -> None:
-    """What to do when there is no prediction file at all."""
+def labels_choices(dataset) -> dict[str, Split]:
+    """The splits that can hold the labels: the active dataset's, then labels files uploaded here."""
+    splits = dict(dataset.splits) if dataset is not None and dataset.splits else {}
+    return {**splits, **uploaded_labels()}
+
+
+def is_dataset_split(split: Split, dataset) -> bool:
+    """True when `split` is one of the active dataset's (its models can predict it from the image folder)."""
+    return dataset is not None and any(s is split for s in (dataset.splits or {}).values())
+
+
+def literature_default(split: Split, dataset) -> bool:
+    """Published NIH AUROCs start shown for NIH data, hidden over the synthetic demo set."""
+    from cxrcore.catalog import DATA_SYNTHETIC
+
+    entry = getattr(dataset, "entry", None)
+    return not (is_dataset_split(split, dataset) and entry is not None and entry.kind == DATA_SYNTHETIC)
+
+
+def render_guidance(models_failed: bool = False) -> None:
+    """What to do when there is no prediction file at all (or the chosen models could not predict)."""
+    if models_failed:
+        st.info("The chosen model could not predict this split (see the message above), and no prediction file "
+                "was added. Fix the cause, or upload prediction files above.", icon=":material/info:")
+        return
     st.info(f"No model to evaluate yet. Put prediction CSV files with an `Image` column and one `prob_<Label>` "
             f"column per class (e.g. `prob_Cardiomegaly`) under **{models_root()}** (any subfolder) or "
             f"**{runs_root()}/<run>/predictions/**, or upload them above. Each file is one model, named by its "
