@@ -57,6 +57,31 @@ def render_balance(split: Split) -> pd.DataFrame:
     return classes
 
 
+def present_counts(split: Split, present: Split) -> pd.DataFrame:
+    """Positives per class among all the split's images and among those on disk, with both frequencies."""
+    listed, on_disk = split.labels.sum(axis=0), present.labels.sum(axis=0)
+    return pd.DataFrame({"class": list(LABELS), "positives (all listed)": listed.astype(int),
+                         "positives (on disk)": on_disk.astype(int),
+                         "pos_freq (all listed)": listed / max(len(split), 1),
+                         "pos_freq (on disk)": on_disk / max(len(present), 1)})
+
+
+def render_missing_images(split: Split, image_root) -> None:
+    """When image files are missing: say how many and which, and count the classes both ways."""
+    from dashboard.loaders import missing_note, present_images
+
+    if image_root is None:
+        return
+    present, missing = present_images(split, image_root)
+    if not missing:
+        return
+    st.warning(missing_note(split, missing, f"The charts count all {len(split):,} listed images; the table below "
+                                            f"also counts the {len(present):,} on disk, which are what the "
+                                            "models can predict."), icon=":material/image_not_supported:")
+    st.dataframe(present_counts(split, present), hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.4f") for c in ("pos_freq (all listed)", "pos_freq (on disk)")})
+
+
 @section("the loss explorer")
 def render_loss_explorer(classes: pd.DataFrame) -> None:
     """Pick a class: its loss against the predicted probability for y=1 and y=0, with and without weights."""

@@ -21,6 +21,7 @@ import streamlit as st
 from cxrcore import cam
 from cxrcore.saliency import SaliencyOptions
 from cxrcore.dataset import IMAGE, Split
+from cxrcore.errors import CxrError
 from cxrcore.export import csv_text
 from cxrcore.labels import LABELS
 from cxrcore.model import LoadedModel
@@ -664,6 +665,7 @@ def _open(name: str) -> None:
 def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDataset, settings: MapSettings) -> None:
     """Thumbnails of a split filtered and sorted by prediction, and the chosen image's maps. Its widgets
     (split, filter, threshold, grid, Previous / Next) rerun only this section."""
+    from dashboard.loaders import missing_note, present_images
     from dashboard.models import predictions_for
     from dashboard.results_view import default_split_name
 
@@ -674,7 +676,12 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
     c0, c1, c2, c3 = st.columns([2, 2, 3, 2], vertical_alignment="bottom")
     split_name = c0.selectbox("Split", names, index=names.index(default_split_name(names)), key="cam_split")
     split = dataset.splits[split_name]
+    present, missing = present_images(split, dataset.image_root)
+    if missing and len(present):
+        st.warning(missing_note(split, missing, f"Browsing the {len(present):,} present images."),
+                   icon=":material/image_not_supported:")
     preds = predictions_for(entry, split, dataset)
+    split = present
     from dashboard.loaders import split_key
 
     table_key = repr(split_key([split])) + preds.file
@@ -801,13 +808,40 @@ def render_split_localization(entry: ModelEntry, loaded: LoadedModel, dataset: A
 # Uploads
 # --------------------------------------------------------------------------------------------
 
-def render_upload(entry: ModelEntry, loaded: LoadedModel, settings: MapSettings) -> None:
+def upload_kind(name: str, data: bytes, dataset: ActiveDataset | None) -> str:
+    """What an uploaded image is: one of the active dataset's own files (same name, same bytes) is of its
+    kind; anything else is taken for a real radiograph."""
+    from cxrcore.catalog import DATA_REAL
+
+    entry = getattr(dataset, "entry", None)
+    if entry is not None and dataset.image_root is not None:
+        try:
+            own = resolve_image(Path(dataset.image_root), Path(name).name)
+            if own.is_file() and own.stat().st_size == len(data) and own.read_bytes() == data:
+                return entry.kind
+        except (CxrError, OSError):
+            pass
+    return DATA_REAL
+
+
+def ood_warning(entry: ModelEntry, kind: str, what: str) -> None:
+    """Warn when the model was trained on another kind of images than `kind` (silent when either is unknown)."""
+    from cxrcore.catalog import kind_mismatch
+
+    text = kind_mismatch(entry.info.data_kind if entry.info else "", kind, entry.info.dataset if entry.info else "")
+    if text:
+        st.warning(f"{what}: {text}", icon=":material/warning:")
+
+
+def render_upload(entry: ModelEntry, loaded: LoadedModel, settings: MapSettings,
+                  dataset: ActiveDataset | None = None) -> None:
     """Predictions and maps for the user's own image (PNG, JPEG or DICOM)."""
     upload = st.file_uploader("Your chest X-ray (PNG, JPEG or DICOM)", type=UPLOAD_TYPES, key="cam_upload")
     if upload is None:
         st.caption("The image is resized and normalized exactly as the model's training images were.")
         return
     data = upload.getvalue()
+    ood_warning(entry, upload_kind(upload.name, data, dataset), f"{entry.name} on {upload.name}")
     with user_errors(f"reading {upload.name}"):
         image, shown, original = _upload_image(data, upload.name, DISPLAY_SIDE)
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -851,8 +885,10 @@ def render_page(dataset: ActiveDataset | None, models: list[ModelEntry]) -> None
     source = st.segmented_control("Images", (SOURCE_SPLIT, SOURCE_UPLOAD), default=SOURCE_SPLIT, key="cam_source")
     settings = map_settings(loaded, model_key(entry, loaded))
     if source == SOURCE_UPLOAD:
-        render_upload(entry, loaded, settings)
+        render_upload(entry, loaded, settings, dataset)
     elif dataset is None or not dataset.splits:
         st.info("No dataset yet (see the Home page); you can still upload an image.")
     else:
+        if dataset.entry is not None:
+            ood_warning(entry, dataset.entry.kind, f"{entry.name} on {dataset.name}")
         render_browser(entry, loaded, dataset, settings)

@@ -10,6 +10,7 @@ from cxrcore.audit import summarize
 from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS, NO_FINDING
 from cxrcore.paths import resolve_image
+from cxrcore.pipeline import missing_summary
 from dashboard import charts
 from dashboard.loaders import ActiveDataset, preview_jpeg, split_key
 from dashboard.widgets import section
@@ -99,6 +100,16 @@ def filter_images(splits: dict[str, Split], split_names: list[str], label: str, 
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def missing_in(dataset: ActiveDataset, split_names: list[str]) -> list[str]:
+    """Images of the chosen splits missing from the image folder (each named once)."""
+    from dashboard.loaders import present_images
+
+    missing: list[str] = []
+    for name in split_names:
+        missing += present_images(dataset.splits[name], dataset.image_root)[1]
+    return list(dict.fromkeys(missing))
+
+
 @st.dialog("Image", width="large")
 def _enlarge(path: str, caption: str) -> None:
     st.image(path, caption=caption, width="stretch")
@@ -117,6 +128,15 @@ def render_grid(dataset: ActiveDataset) -> None:
     label = c2.selectbox("Label", ["any", NO_FINDING, *LABELS], key="explorer_grid_label")
     patient = c3.text_input("Patient id", key="explorer_grid_patient")
     rows = filter_images(dataset.splits, split_names, label, patient)
+    missing = missing_in(dataset, split_names)
+    if missing:
+        total = sum(len(dataset.splits[n]) for n in split_names)
+        # default: present only when most images are missing (a course folder with a few images copied)
+        present_only = st.checkbox("Present only (hide the images missing from the folder)",
+                                   value=2 * len(missing) > total, key="explorer_grid_present_only")
+        st.caption(f"{missing_summary(missing, total)} (image folder {dataset.image_root}).")
+        if present_only:
+            rows = rows[~rows[IMAGE].astype(str).isin(set(missing))]
     if rows.empty:
         st.info("No image matches these filters.")
         return

@@ -35,6 +35,7 @@ def render_found() -> None:
         if models_root().is_dir() else []
     st.caption(f"Model files under {models_root()}: {len(models)}"
                + (" (" + ", ".join(str(p.relative_to(models_root())) for p in models[:6]) + ")" if models else ""))
+    render_demo_model_note()
     st.subheader("Where to start")
     c1, c2, c3 = st.columns(3)
     c1.page_link("pages/leakage_audit.py", label="Audit a split for patient leakage", icon=":material/policy:")
@@ -44,6 +45,18 @@ def render_found() -> None:
                  icon=":material/model_training:")
     c2.page_link("pages/results.py", label="Compare model AUROCs", icon=":material/monitoring:")
     c3.page_link("pages/gradcam_explorer.py", label="See where the model looks", icon=":material/visibility:")
+
+
+def render_demo_model_note() -> None:
+    """The demo model is for the demo: say so, naming the models trained on the synthetic set."""
+    from cxrcore.catalog import DATA_SYNTHETIC
+    from dashboard.models import model_entries
+
+    synthetic = [e.name for e in model_entries() if e.info is not None and e.info.data_kind == DATA_SYNTHETIC]
+    st.caption("The demo model is for the demo: it learned the synthetic phantoms of the demo set, so its "
+               "probabilities and maps on a real X-ray mean nothing (the Results and GradCAM pages warn when "
+               "a model meets another kind of images)."
+               + (f" Trained on the demo set: {', '.join(synthetic[:6])}." if synthetic else ""))
 
 
 def render_upload() -> None:

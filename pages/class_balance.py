@@ -5,7 +5,7 @@ page_guard()
 
 import streamlit as st
 
-from dashboard.balance import pick_split, render_balance, render_loss_explorer
+from dashboard.balance import pick_split, render_balance, render_loss_explorer, render_missing_images
 from dashboard.loaders import active_dataset
 from dashboard.widgets import user_errors
 
@@ -18,5 +18,6 @@ with user_errors("loading the dataset"):
         split = pick_split(dataset.splits, key="balance_split")
         st.caption(f"{dataset.name} / {split.name}: {len(split):,} images. "
                    "The weights are computed on the training split and used for every split.")
+        render_missing_images(split, dataset.image_root)
         classes = render_balance(split)
         render_loss_explorer(classes)

@@ -118,3 +118,53 @@ def test_published_aurocs_start_hidden_over_the_demo_set(tmp_path, monkeypatch):
     at = open_app_page(monkeypatch, RESULTS, state={"results_bootstrap": 0}, data=root, models=tmp_path / "models",
                        runs=tmp_path / "runs")
     assert at.toggle(key="results_literature").value is True
+
+
+def test_explorer_browses_the_present_images_and_warns_of_the_synthetic_model(partial_root, demo_model, tmp_path,
+                                                                            monkeypatch):
+    import cv2
+
+    at = open_app_page(monkeypatch, "pages/gradcam_explorer.py", timeout=120, data=partial_root, models=demo_model,
+                       runs=tmp_path / "runs", cache=tmp_path / "cache")
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("14 of 18 images of test are missing") and "Browsing the 4 present images" in w
+               for w in warnings), warnings
+    assert any("synthetic demo" in w for w in warnings), warnings
+    captions = [c for image in at.image for c in image.captions]
+    assert not any("missing" in c for c in captions) and not any("missing" in c.value for c in at.caption)
+    # a radiograph of one's own, scored by the demo model: warned
+    at.segmented_control(key="cam_source").set_value("Upload an image").run()
+    ok, png = cv2.imencode(".png", (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8))
+    at.file_uploader(key="cam_upload").set_value(("xray.png", png.tobytes(), "image/png")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(w.value.startswith("demo on xray.png: This model was trained on the synthetic demo images")
+               for w in at.warning), [w.value for w in at.warning]
+
+
+def test_dataset_explorer_shows_present_only_by_default_and_class_balance_counts_both(partial_root, tmp_path,
+                                                                                      monkeypatch):
+    at = open_app_page(monkeypatch, "pages/dataset_explorer.py", data=partial_root, models=tmp_path / "m",
+                       runs=tmp_path / "runs")
+    at.multiselect(key="explorer_grid_splits").set_value(["test"]).run()
+    assert not at.exception
+    assert at.checkbox(key="explorer_grid_present_only").value is True
+    assert any(c.value.startswith("14 of 18 images are missing") for c in at.caption)
+    assert not any("missing or unreadable" in c.value for c in at.caption)
+    assert len([c for image in at.image for c in image.captions]) == 4
+    at.checkbox(key="explorer_grid_present_only").uncheck().run()
+    assert any("missing or unreadable" in c.value for c in at.caption)
+    at = open_app_page(monkeypatch, "pages/class_balance.py", data=partial_root, models=tmp_path / "m",
+                       runs=tmp_path / "runs")
+    at.selectbox(key="balance_split").set_value("test").run()
+    assert any(w.value.startswith("14 of 18 images of test are missing") for w in at.warning)
+    counts = _frame(at, "positives (on disk)").set_index("class")
+    test = load_split(partial_root / "course" / "test.csv")
+    assert counts["positives (all listed)"].sum() == test.labels.sum()
+    assert counts["positives (on disk)"].sum() == test.labels[:4].sum()
+
+
+def test_home_says_the_demo_model_is_for_the_demo(partial_root, demo_model, tmp_path, monkeypatch):
+    at = open_app_page(monkeypatch, "pages/home.py", data=partial_root, models=demo_model, runs=tmp_path / "runs")
+    note = next(c.value for c in at.caption if c.value.startswith("The demo model is for the demo"))
+    assert "mean nothing" in note and "Trained on the demo set: demo." in note
