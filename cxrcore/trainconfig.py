@@ -45,7 +45,7 @@ AUTO_PRESET, CUSTOM = "auto", "custom"
 MODELS_ROOT_ENV = "CXR_MODELS_ROOT"
 
 #: Presets: values applied before the user's own settings. "auto" picks gpu-full when a GPU is
-#: visible, cpu-classroom otherwise.
+#: visible, cpu-classroom otherwise, and demo when their ImageNet weights cannot be had (`auto_preset`).
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "backbone": "small_cnn", "input_size": 128, "batch_size": 32, "epochs": 6, "learning_rate": 1e-3,
@@ -130,12 +130,29 @@ def detect_hardware() -> Hardware:
     return Hardware(tuple(names), cpus)
 
 
-def auto_preset(hardware: Hardware | None = None) -> tuple[str, str]:
-    """(preset, why): gpu-full with a GPU, cpu-classroom without, stated plainly."""
+def auto_preset(hardware: Hardware | None = None, models_root: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(preset, why): a preset that can run on this machine now, stated plainly.
+
+    gpu-full with a GPU, cpu-classroom without; both start from DenseNet121's ImageNet weights, so where
+    those are neither on disk (Keras cache, the course's file under `models_root`) nor downloadable now,
+    the demo preset (a small CNN trained from scratch) is suggested instead, saying why: a suggestion
+    the settings check would refuse is no suggestion.
+    """
     hw = hardware or detect_hardware()
     if hw.has_gpu:
-        return "gpu-full", f"{len(hw.gpus)} GPU(s) visible, so the full course recipe (gpu-full) was chosen."
-    return "cpu-classroom", "No GPU visible, so the CPU preset cpu-classroom was chosen."
+        preset, why = "gpu-full", f"{len(hw.gpus)} GPU(s) visible, so the full course recipe (gpu-full) was chosen."
+    else:
+        preset, why = "cpu-classroom", "No GPU visible, so the CPU preset cpu-classroom was chosen."
+    if models_root is None:
+        models_root = os.environ.get(MODELS_ROOT_ENV) or Path.cwd() / "models"
+    from cxrcore.model import find_imagenet_weights
+
+    found = find_imagenet_weights(models_root, backbone=str(PRESETS[preset]["backbone"]))
+    if found.source != "unavailable":
+        return preset, why
+    return "demo", (f"The demo preset (a small CNN trained from scratch) was chosen: {preset} would start from "
+                    f"ImageNet weights, and {found.note.rstrip('.')}. {preset} becomes usable once the weights are "
+                    "here (see its note).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +193,8 @@ class TrainConfig:
     cache_dir: str = "cache/images"
     mixed_precision: str = "auto"
     distribution: str = "auto"
+    #: Train on the images present: rows whose image file is missing are dropped (and counted in run.json).
+    skip_missing_images: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (labels as a list)."""
@@ -220,7 +239,10 @@ def _suggest(key: str, options: list[str] | tuple[str, ...]) -> str:
 
 
 def _err(key: str, problem: str, fix: str, source: str | None) -> ConfigError:
-    return ConfigError(f"setting '{key}': {problem}", file=source, fix=fix)
+    """A ConfigError about one setting; `.setting` and `.detail` let a form name its own field instead."""
+    err = ConfigError(f"setting '{key}': {problem}", file=source, fix=fix)
+    err.setting, err.detail = key, problem
+    return err
 
 
 def _int(data: Mapping[str, Any], key: str, lo: int, hi: int, source: str | None, *, optional: bool = False):
@@ -305,7 +327,8 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base
     """Validate settings (preset first, then the given keys) into a TrainConfig with absolute paths.
 
     Every problem is a ConfigError naming the key and the fix; unknown keys get a close-match
-    suggestion. `preset = "auto"` becomes gpu-full or cpu-classroom depending on `hardware`.
+    suggestion. `preset = "auto"` becomes what `auto_preset` suggests for `hardware` (the demo preset when
+    offline without ImageNet weights).
     initial_weights = "imagenet" is checked last (see `resolve_imagenet_weights`): it stays "imagenet"
     when Keras has the weights or can download them, becomes the course's backbone file from
     `models_root` (default: $CXR_MODELS_ROOT, else <base_dir>/models) when it cannot, and is refused
@@ -325,8 +348,9 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base
     if not isinstance(preset, str) or preset not in options:
         raise _err("preset", f"unknown preset {preset!r}.",
                    _suggest(str(preset), options) + f" Presets: {', '.join(options)}.", source)
+    root = Path(models_root or os.environ.get(MODELS_ROOT_ENV) or base / "models")
     if preset == AUTO_PRESET:
-        preset = auto_preset(hardware)[0]
+        preset = auto_preset(hardware, root)[0]
     merged: dict[str, Any] = _DEFAULTS.to_dict()
     if preset in PRESETS:
         merged.update(preset_values(preset))
@@ -338,7 +362,6 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None, base
     config = _validate(merged, base, source)
     if config.initial_weights != "imagenet":
         return config
-    root = Path(models_root or os.environ.get(MODELS_ROOT_ENV) or base / "models")
     weights = resolve_imagenet_weights(root, source, backbone=config.backbone)
     return TrainConfig(**{**asdict(config), "initial_weights": weights})
 
@@ -506,6 +529,7 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
     out["max_train_images"] = _int(d, "max_train_images", 2, 10**9, source, optional=True)
     out["max_valid_images"] = _int(d, "max_valid_images", 2, 10**9, source, optional=True)
     out["predict_test"] = _bool(d, "predict_test", source)
+    out["skip_missing_images"] = _bool(d, "skip_missing_images", source)
     out["cache"] = _choice(d, "cache", CACHE_MODES, source)
     cache_dir = d["cache_dir"]
     if not isinstance(cache_dir, str) or not cache_dir.strip():

@@ -117,6 +117,17 @@ def prepare_data(config: TrainConfig, *, log: Log = _print, fit_normalization: b
     valid = load_spec(config.valid_split, "valid")
     test = load_spec(config.test_split, "test") if config.test_split and config.predict_test else None
     notes: list[str] = []
+    skipped: dict[str, int] = {}
+    if config.skip_missing_images:  # the user chose to train on the images present (see cxrcore.preflight)
+        from cxrcore.preflight import drop_missing
+
+        train, skipped["train"] = drop_missing(train, config.image_root)
+        valid, skipped["valid"] = drop_missing(valid, config.image_root)
+        if test is not None:
+            test, skipped["test"] = drop_missing(test, config.image_root)
+        if any(skipped.values()):
+            notes.append("skipped rows whose image file is missing (skip_missing_images): "
+                         + ", ".join(f"{n:,} {role}" for role, n in skipped.items() if n) + ".")
     for split in (train, valid):
         if len(split) == 0:
             raise DatasetError(f"the {split.name} split has no images.", file=split.source)
@@ -156,7 +167,8 @@ def prepare_data(config: TrainConfig, *, log: Log = _print, fit_normalization: b
     fingerprints = {role: split_fingerprint(spec) for role, spec in config.split_files().items()}
     sizes = {"train_rows": len(train.frame), "train_used": len(train_frame), "valid_rows": len(valid.frame),
              "valid_used": len(valid_frame), "test_rows": len(test) if test is not None else 0,
-             "shared_patients_train_valid": int(shared.size)}
+             "shared_patients_train_valid": int(shared.size),
+             **{f"{role}_missing_skipped": n for role, n in skipped.items()}}
     for note in notes:
         log(note)
     return TrainingData(train=train_frame, valid=valid_frame, test=test, image_root=config.image_root, labels=labels,

@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import jobs
+from cxrcore import jobs, preflight
 from cxrcore.errors import ConfigError
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
@@ -42,6 +42,7 @@ DEMO_OVERRIDES_ENV = "CXR_DEMO_OVERRIDES"
 SELECTED_KEY = "train_selected_run"
 PROBE_KEY = "train_probe"
 NOTICE_KEY = "train_notice"
+SKIP_MISSING_KEY = "train_skip_missing"
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "finished": ":material/check_circle:", "failed": ":material/error:",
                "cancelled": ":material/cancel:", "interrupted": ":material/warning:", "broken": ":material/broken_image:"}
@@ -240,7 +241,7 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
         return
     entry = dataset.entry
     hw = hardware()
-    auto, why = auto_preset(hw)
+    auto, why = auto_preset(hw, models_root())
     options = [*PRESETS, CUSTOM]
     preset = st.selectbox("Preset", options, index=options.index(auto), key="train_preset",
                           format_func=lambda p: p + (" (suggested for this machine)" if p == auto else ""),
@@ -248,10 +249,16 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
     st.caption(PRESET_NOTES.get(preset, "Your own settings, starting from the defaults.")
                + (f" {why}" if preset == auto else ""))
     settings = _settings_widgets(preset, entry.split_names, entry.default_pair())
+    settings["skip_missing_images"] = bool(st.session_state.get(SKIP_MISSING_KEY, False))
     config = None
-    with user_errors():  # the error names "the settings" itself
-        config = config_from_dict({"preset": preset, "dataset": str(entry.root), **settings}, source="the settings",
-                                  base_dir=APP_ROOT)
+    try:
+        config = config_from_dict({"preset": preset, "dataset": str(entry.root), **settings}, base_dir=APP_ROOT)
+    except ConfigError as err:
+        st.error(settings_error_text(err), icon=":material/error:")
+    checks = None
+    if config is not None:
+        with user_errors("checking the data before the run"):
+            checks = render_preflight(config)
     teaching_note("training choices",
                   "- **Class-weighted loss**: rare findings would otherwise be ignored; each class's positives and "
                   "negatives contribute equally.\n- **Trainable layers**: with ImageNet weights, training only the "
@@ -263,8 +270,10 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
     probe_clicked = c1.button("Estimate time per epoch", key="train_probe_button",
                               disabled=config is None or not allowed, icon=":material/timer:",
                               help="Times a few real training batches on this machine.")
+    blocked = config is None or checks is None or checks.blocking
     start_clicked = c2.button("Start training", key="train_start", type="primary",
-                              disabled=config is None or not allowed, icon=":material/play_arrow:")
+                              disabled=blocked or not allowed, icon=":material/play_arrow:",
+                              help="Fix what the red box above says first." if blocked else None)
     if not allowed:
         st.caption(READ_ONLY_NOTE)
     if config is None:
@@ -278,10 +287,64 @@ def render_new_run(dataset: ActiveDataset | None) -> None:
     probe = st.session_state.get(PROBE_KEY)
     if probe and probe[0] == fingerprint:
         render_probe(probe[1])
-    if start_clicked:
+    if start_clicked and not blocked:
         with user_errors("starting the run"):
             start_run(config)
             st.rerun()
+
+
+#: The form's name for each setting, so an error names the field the user sees.
+SETTING_LABELS = {"train_split": "Training split", "valid_split": "Validation split", "name": "Run name",
+                  "backbone": "Backbone", "input_size": "Image size (px)", "batch_size": "Batch size",
+                  "epochs": "Epochs", "learning_rate": "Learning rate", "freeze": "Trainable layers",
+                  "normalization": "Normalization", "class_weighting": "Class-weighted loss",
+                  "initial_weights": "Initial weights", "augmentation": "Augmentation", "seed": "Seed",
+                  "max_train_images": "Max training images", "max_valid_images": "Max validation images",
+                  "early_stopping_patience": "Early stopping patience", "reduce_lr_patience": "Reduce LR patience",
+                  "dataset": "Dataset", "image_root": "Image folder", "test_split": "Test split"}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] if text else text
+
+
+def settings_error_text(err: ConfigError) -> str:
+    """A settings error as sentences naming the form's field: "Image size (px) must be between ...", then
+    the way out; errors not about one setting as they are."""
+    key = getattr(err, "setting", None)
+    if key is None:
+        return _sentence(str(err))
+    label = SETTING_LABELS.get(key, key)
+    detail = str(getattr(err, "detail", err.problem))
+    head = f"**{label}** {detail}" if detail.startswith(("must ", "is ")) else f"**{label}**: {_sentence(detail)}"
+    return head + (f" To fix it: {err.fix}" if err.fix else "")
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=32)
+def _preflight(config_json: str, folder_stamp: float) -> "preflight.Preflight":
+    """The checks before launch, once per config and image-folder version (its modification time)."""
+    return preflight.check_run(config_from_dict(json.loads(config_json)))
+
+
+def render_preflight(config: TrainConfig) -> "preflight.Preflight":
+    """What would make this run fail or mislead, in the form: missing images (with the switch to train on
+    the images present), patients shared by the training and validation splits."""
+    try:
+        stamp = Path(config.image_root or "").stat().st_mtime
+    except OSError:
+        stamp = 0.0
+    checks = _preflight(config.to_json(), stamp)
+    for finding in checks.findings:
+        if finding.level == "error":
+            st.error(finding.text, icon=":material/error:")
+        else:
+            st.warning(finding.text, icon=":material/warning:")
+    if checks.missing_total or st.session_state.get(SKIP_MISSING_KEY):
+        st.toggle(f"Train on the images present (leave out the {checks.missing_total:,} missing)",
+                  key=SKIP_MISSING_KEY, help="Rows whose image file is missing are left out of training, "
+                  "validation and test; the run records how many (skip_missing_images in config.json).")
+    return checks
 
 
 def render_probe(result: dict[str, Any]) -> None:

@@ -183,7 +183,7 @@ def test_presets_apply_first_and_settings_override_them(shapes, weights_online):
     assert with_changes(config, epochs=9).epochs == 9
 
 
-def test_auto_preset_says_why():
+def test_auto_preset_says_why(weights_online):
     preset, why = auto_preset(Hardware((), 2))
     assert preset == "cpu-classroom" and "No GPU visible" in why
     preset, why = auto_preset(Hardware(("NVIDIA H100",), 16))
@@ -204,7 +204,7 @@ def _course_backbone_stand_in(models_root: Path) -> Path:
 
 
 def test_imagenet_presets_offline_are_refused_with_every_way_out(shapes, no_weights_here):
-    for preset in ("cpu-classroom", "gpu-full", "auto"):
+    for preset in ("cpu-classroom", "gpu-full"):  # "auto" suggests the demo preset there (tests/test_preflight.py)
         with pytest.raises(ConfigError) as err:
             config_from_dict({"preset": preset, "dataset": str(shapes)}, hardware=Hardware((), 2))
         text = str(err.value)
@@ -293,12 +293,14 @@ def test_training_page_shows_the_weights_error_before_launch(app_data_root, no_w
     from tests.app_support import open_app_page
 
     at = open_app_page(monkeypatch, "pages/training.py", data=app_data_root, runs=tmp_path / "runs")
+    assert at.selectbox(key="train_preset").value == "demo" and not at.error  # the suggestion runs offline
+    at.selectbox(key="train_preset").set_value("cpu-classroom").run()
     errors = [e.value for e in at.error]
-    assert any("setting 'initial_weights'" in e and "not on this computer" in e for e in errors), errors
+    assert any("Initial weights" in e and "not on this computer" in e for e in errors), errors
     assert at.button(key="train_start").disabled and at.button(key="train_probe_button").disabled
     _course_backbone_stand_in(no_weights_here)
     at.run()
-    assert not any("initial_weights" in e.value for e in at.error)
+    assert not any("Initial weights" in e.value for e in at.error)
     assert not at.button(key="train_start").disabled
 
 

@@ -63,14 +63,14 @@ def test_bad_settings_show_an_error_and_disable_start(app_data_root, monkeypatch
     at.number_input(key="train_cpu-classroom_input_size").set_value(16).run()
     assert not at.exception
     errors = texts(at.error)
-    assert errors and "setting 'input_size'" in errors[0] and "Fix:" in errors[0]
+    assert errors and errors[0].startswith("**Image size (px)** must be between") and "To fix it:" in errors[0]
     assert at.button(key="train_start").disabled and at.button(key="train_probe_button").disabled
     at.number_input(key="train_cpu-classroom_input_size").set_value(160)
     at.selectbox(key="train_cpu-classroom_weights").set_value("a file").run()
     # weights files are picked from those under models/, never typed: here there is none
     assert any("No .h5 weights file under" in i for i in texts(at.info))
     assert [t.key for t in at.text_input] == ["train_cpu-classroom_name"]  # no path to type
-    assert any("setting 'initial_weights': file not found" in e for e in texts(at.error))
+    assert any("**Initial weights**: File not found" in e for e in texts(at.error))
     at.selectbox(key="train_cpu-classroom_valid_split").set_value("train").run()
     assert any("same file as train_split" in e for e in texts(at.error))
 
