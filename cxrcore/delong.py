@@ -182,7 +182,7 @@ def mean_difference(boot_model: np.ndarray | None, boot_reference: np.ndarray | 
         return MeanDifference(math.nan, classes=[], note="no class has both positive and negative images.")
     delta = float(np.mean(auc_model[defined]) - np.mean(auc_reference[defined]))
     if boot_model is None or boot_reference is None or not boot_model.shape[0]:
-        return MeanDifference(delta, classes=names, note="no bootstrap (--bootstrap 0): no interval or p-value.")
+        return MeanDifference(delta, classes=names, note="no bootstrap replicates: no interval or p-value.")
     reps = boot_model[:, defined].mean(axis=1) - boot_reference[:, defined].mean(axis=1)
     finite = reps[np.isfinite(reps)]
     b = int(boot_model.shape[0])

@@ -191,10 +191,13 @@ def course_model_info(normalization: Normalization | None = None, *, input_size:
     The course fits mean/std on 100 training images at run time, so they are not in the file: pass
     `estimate_normalization(train_split, ...)`; without it predict() refuses with a clear error.
     """
+    from cxrcore.catalog import DATA_REAL
+
     return ModelInfo(labels=COURSE_LABEL_ORDER, input_size=input_size,
                      normalization=normalization or Normalization("dataset"),
                      name="course-densenet121", origin="course", backbone="densenet121",
-                     metadata={"source": "Coursera AI for Medical Diagnosis, week 1 (Keras 2)"})
+                     metadata={"source": "Coursera AI for Medical Diagnosis, week 1 (Keras 2)"},
+                     dataset="NIH ChestX-ray14", data_kind=DATA_REAL)  # the course trained it on NIH images
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

@@ -568,7 +568,8 @@ def evaluation_json(split: Split, evaluated: Mapping[str, Evaluated], comp: Comp
     """The whole evaluation as JSON: split, every model's metrics, the DeLong comparison, literature note."""
     out = {
         "split": {"name": split.name, "source": split.source, "images": len(split),
-                  "patients": int(np.unique(split.patients).size)},
+                  "patients": int(np.unique(split.patients).size),
+                  "evaluated_images": len(next(iter(evaluated.values())).aligned) if evaluated else 0},
         "bootstrap": {"replicates": n_bootstrap, "resample": "patient", "seed": 0},
         "models": {name: {"file": e.predictions.file, "training_patients_in_split": overlaps.get(name),
                           **e.result.to_dict()} for name, e in evaluated.items()},

@@ -252,3 +252,12 @@ def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
     warning = kind_mismatch(DATA_SYNTHETIC, DATA_REAL, "demo")
     assert "synthetic demo" in warning and "real X-rays" in warning and "demo data" in warning
     assert "out of distribution" in kind_mismatch(DATA_REAL, DATA_SYNTHETIC)
+
+
+def test_the_course_model_is_known_to_be_trained_on_real_x_rays():
+    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
+    from cxrcore.model import course_model_info
+
+    info = course_model_info()
+    assert info.data_kind == DATA_REAL
+    assert "out of distribution" in kind_mismatch(info.data_kind, DATA_SYNTHETIC, info.dataset)
