@@ -1,7 +1,7 @@
 """Run folders and training processes: create, launch detached, lock, heartbeat, list, cancel.
 
 A run folder `runs/<run_id>/` holds config.json, status.json (the heartbeat), metrics.csv,
-train.log, checkpoints/, best.keras and train.lock. One process trains a folder at a time: it holds
+train.log (the job's own lines), raw.log (all the process printed), checkpoints/, best.keras and train.lock. One process trains a folder at a time: it holds
 an exclusive flock on train.lock for its whole life, which the kernel releases when it dies (even
 on kill -9), so "is it still running?" is answered by the lock and the pid, never by the heartbeat's
 age alone. At most CXR_MAX_JOBS jobs (default 1) run on one machine: every start counts the live jobs
@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
@@ -38,6 +38,9 @@ STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 CONFIG_FILE, STATUS_FILE, RUN_FILE = "config.json", "status.json", "run.json"
 METRICS_FILE, LOG_FILE, LOCK_FILE = "metrics.csv", "train.log", "train.lock"
+#: Everything a launched job's process printed (TensorFlow's start-up notices, tracebacks); train.log holds
+#: only the job's own lines (`job_logger`), which is what the Training page shows.
+RAW_LOG_FILE = "raw.log"
 BEST_MODEL, CHECKPOINT_DIR = "best.keras", "checkpoints"
 LAST_CHECKPOINT, STATE_FILE = "last.keras", "state.json"
 TENSORBOARD_DIR, PREDICTIONS_DIR = "tensorboard", "predictions"
@@ -489,7 +492,7 @@ def launch(run_dir: str | os.PathLike, *, resume: bool = False, cwd: str | os.Pa
     The launcher takes train.lock first and hands the locked descriptor to the child, so two quick
     clicks cannot start two jobs; a folder already being trained is refused with a ConfigError, and
     so is any start while CXR_MAX_JOBS jobs run on this machine (job_limit=False skips that count).
-    Output goes to <run>/train.log. Returns the pid.
+    The process's output goes to <run>/raw.log, its own lines to train.log (`job_logger`). Returns the pid.
     """
     run_dir = Path(run_dir)
     if not job_limit:
@@ -514,12 +517,15 @@ def _launch(run_dir: Path, *, resume: bool = False, cwd: str | os.PathLike | Non
         child_env = {**without_passcode({**os.environ, **(env or {})}), LOCK_FD_ENV: str(fd), "PYTHONUNBUFFERED": "1"}
         root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
-        with open(run_dir / LOG_FILE, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
-                      f"{' '.join(train_command(run_dir, resume=resume, python=python))}\n".encode())
-            log.flush()
+        header = (f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
+                  f"{' '.join(train_command(run_dir, resume=resume, python=python))}\n").encode()
+        with open(run_dir / LOG_FILE, "ab") as own:
+            own.write(header)
+        with open(run_dir / RAW_LOG_FILE, "ab") as raw:
+            raw.write(header)
+            raw.flush()
             proc = subprocess.Popen(train_command(run_dir, resume=resume, python=python), cwd=root,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, stdout=raw, stderr=subprocess.STDOUT,
                                     env=child_env, start_new_session=True, pass_fds=(fd,), close_fds=True)
         RunLock(run_dir, fd).write_owner(proc.pid)
         status.update(force=True, pid=proc.pid)
@@ -713,9 +719,28 @@ def read_metrics(run_dir: str | os.PathLike):
     return frame
 
 
-def log_tail(run_dir: str | os.PathLike, lines: int = 40, max_bytes: int = 64_000) -> str:
-    """The last lines of train.log (reads at most max_bytes from the end)."""
+def job_logger(run_dir: str | os.PathLike, *, echo: bool = True) -> Callable[[str], None]:
+    """The job's own log: each line timestamped into <run>/train.log, and printed (to the terminal, or to
+    raw.log for a launched job) when `echo`. TensorFlow's own notices never reach train.log."""
     path = Path(run_dir) / LOG_FILE
+
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError:  # a full disk or a removed folder must not stop training; the line is still printed
+            pass
+        if echo:
+            print(line, flush=True)
+
+    return log
+
+
+def log_tail(run_dir: str | os.PathLike, lines: int = 40, max_bytes: int = 64_000, *, name: str = LOG_FILE) -> str:
+    """The last lines of train.log, or of another log of the run (`name`, e.g. RAW_LOG_FILE); reads at most
+    max_bytes from the end."""
+    path = Path(run_dir) / name
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -792,7 +817,7 @@ def tf_config_role(env: Mapping[str, str] | None = None) -> tuple[bool, bool, in
 
 __all__ = ["ACTIVE_STATES", "RunLock", "RunSummary", "STATES", "StatusWriter", "already_running", "append_metrics_row",
            "atomic_write_json", "atomic_write_text", "cancel", "create_run", "disk_full_error", "effective_state",
-           "is_disk_full", "job_slot", "launch", "list_runs", "live_jobs", "lock_held", "lock_info", "log_tail",
+           "is_disk_full", "job_logger", "job_slot", "launch", "list_runs", "live_jobs", "lock_held", "lock_info", "log_tail",
            "max_jobs", "new_run_id", "pid_alive", "read_json", "read_metrics", "rewrite_in_place", "run_probe",
            "start_run", "summarize_run", "take_run_lock", "tf_config_role", "too_many_jobs", "train_command",
            "truncate_metrics"]

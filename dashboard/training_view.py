@@ -43,6 +43,10 @@ SELECTED_KEY = "train_selected_run"
 PROBE_KEY = "train_probe"
 NOTICE_KEY = "train_notice"
 SKIP_MISSING_KEY = "train_skip_missing"
+RUN_CHOICE_KEY = "train_run_choice"
+#: The run this session just started or resumed: the run panel switches to it on its next draw.
+FOLLOW_KEY = "train_follow_run"
+KNOWN_RUNS_KEY = "train_known_runs"
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                "finished": ":material/check_circle:", "failed": ":material/error:",
                "cancelled": ":material/cancel:", "interrupted": ":material/warning:", "broken": ":material/broken_image:"}
@@ -102,7 +106,7 @@ def start_run(config: TrainConfig) -> Path:
     CXR_MAX_JOBS jobs on the machine); remember it as the selected run."""
     require_job_control("starting a training run")
     run_dir, pid = jobs.start_run(runs_root(), config, cwd=APP_ROOT)
-    st.session_state[SELECTED_KEY] = run_dir.name
+    st.session_state[SELECTED_KEY] = st.session_state[FOLLOW_KEY] = run_dir.name
     st.session_state[NOTICE_KEY] = (f"Started run **{run_dir.name}** (process {pid}). It keeps running if you close "
                                     "this page or restart the app; follow it below.")
     return run_dir
@@ -395,17 +399,39 @@ def _runs_fragment() -> None:
     st.session_state["_train_was_active"] = active
     table = pd.DataFrame([r.row() for r in runs])
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"best val AUROC": st.column_config.NumberColumn(format="%.4f")})
+                 column_config={"best val AUROC": st.column_config.NumberColumn(format="%.4f"),
+                                "run": st.column_config.TextColumn(width="medium"),
+                                "note": st.column_config.TextColumn(width="large",
+                                                                    help="The whole text is under the table "
+                                                                         "when the run is chosen.")})
     ids = [r.run_id for r in runs]
+    follow = _run_to_follow(runs)
+    if follow is not None:  # a keyed selectbox keeps its own value over `index`: move the value itself
+        st.session_state[RUN_CHOICE_KEY] = follow
     wanted = st.session_state.get(SELECTED_KEY)
     index = ids.index(wanted) if wanted in ids else 0
     # Options are the bare ids: a keyed selectbox keeps showing the label it had when chosen, so a state
     # in the label ("(running)") would go stale when the run finishes or dies. The state is shown below.
-    chosen = st.selectbox("Run", ids, index=index, key="train_run_choice")
+    chosen = st.selectbox("Run", ids, index=index, key=RUN_CHOICE_KEY)
     st.session_state[SELECTED_KEY] = chosen
     run = next(r for r in runs if r.run_id == chosen)
     with user_errors(f"run {chosen}"):
         render_run(run)
+
+
+def _run_to_follow(runs: list[jobs.RunSummary]) -> str | None:
+    """The run the panel should switch to: the one this session just started or resumed, else a run that
+    became active since this session's last look (started by the teacher, the CLI or another tab)."""
+    ids = [r.run_id for r in runs]
+    known = st.session_state.get(KNOWN_RUNS_KEY)
+    st.session_state[KNOWN_RUNS_KEY] = set(ids)
+    wanted = st.session_state.pop(FOLLOW_KEY, None)
+    if wanted in ids:
+        return wanted
+    if known is None:
+        return None
+    fresh = [r.run_id for r in runs if r.run_id not in known and r.state in jobs.ACTIVE_STATES]
+    return fresh[0] if fresh else None
 
 
 def render_run(run: jobs.RunSummary) -> None:
@@ -430,7 +456,13 @@ def render_run(run: jobs.RunSummary) -> None:
         st.warning("The training process is gone without finishing (killed, crashed or the machine restarted). "
                    "Resume continues from the last completed epoch.", icon=":material/warning:")
     if s.get("error"):
-        st.error(s["error"], icon=":material/error:")
+        st.error(f"**Why it failed:** {s['error']}", icon=":material/error:")
+    elif state in ("failed", "interrupted"):
+        last = jobs.log_tail(run.path, lines=8, name=jobs.RAW_LOG_FILE)
+        if last:
+            st.error("The process ended without giving a reason of its own; the last lines it printed (raw.log):",
+                     icon=":material/error:")
+            st.code(last, language=None)
     elif s.get("message"):
         st.caption(s["message"])
     fraction = min(1.0, (done + (step / steps if steps and state in jobs.ACTIVE_STATES else 0)) / max(epochs, 1))
@@ -459,6 +491,10 @@ def render_run(run: jobs.RunSummary) -> None:
     tail = jobs.log_tail(run.path, lines=30)
     with st.expander("Log (last lines of train.log)", expanded=state in jobs.ACTIVE_STATES or state == "failed"):
         st.code(tail or "(no log yet)", language=None)
+        if (run.path / jobs.RAW_LOG_FILE).is_file():
+            st.caption(f"These are the job's own lines. Everything the process printed, TensorFlow's start-up "
+                       f"notices included (such as a failed cuInit on a machine without a GPU: harmless), is in "
+                       f"{run.path / jobs.RAW_LOG_FILE}.")
     with st.expander("Configuration and data"):
         st.json(run.config, expanded=False)
         info_path = run.path / jobs.RUN_FILE
@@ -505,6 +541,7 @@ def _render_actions(run: jobs.RunSummary) -> None:
                 require_job_control("resuming a training run")
                 pid = jobs.launch(run.path, resume=True, cwd=APP_ROOT)
                 st.session_state[NOTICE_KEY] = f"Resumed run **{run.run_id}** (process {pid})."
+                st.session_state[FOLLOW_KEY] = run.run_id
                 st.rerun(scope="app")
 
 

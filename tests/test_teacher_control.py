@@ -268,9 +268,9 @@ def test_the_passcode_never_reaches_a_job(tmp_path, fake_python, monkeypatch):
     try:
         run_dir, pid = jobs.start_run(runs, FakeConfig(), python=fake_python, env={"CXR_TEACHER_PASSCODE": PASSCODE})
         deadline = time.monotonic() + 10
-        while "PATH=" not in (run_dir / jobs.LOG_FILE).read_text() and time.monotonic() < deadline:
+        while "PATH=" not in (run_dir / jobs.RAW_LOG_FILE).read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        log = (run_dir / jobs.LOG_FILE).read_text()
+        log = (run_dir / jobs.RAW_LOG_FILE).read_text()
         assert "PATH=" in log and jobs.LOCK_FD_ENV in log  # the fake printed its whole environment
         assert "CXR_TEACHER_PASSCODE" not in log
         environ = Path(f"/proc/{pid}/environ").read_bytes()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,11 @@ def test_one_click_demo_run_writes_a_run_folder_and_is_listed(app_data_root, mon
     assert table["state"][0] in ("queued", "running", "finished")
     wait_for(lambda: jobs.summarize_run(run_dir).state not in jobs.ACTIVE_STATES, 150)
     assert jobs.summarize_run(run_dir).state == "finished", jobs.log_tail(run_dir)
+    # train.log holds the job's own lines only (what the panel shows); the process's whole output is in raw.log
+    own = [line for line in (run_dir / jobs.LOG_FILE).read_text().splitlines() if line.strip()]
+    assert own and all(re.match(r"^(\[\d\d:\d\d:\d\d\] |=== )", line) for line in own), own
+    raw = (run_dir / jobs.RAW_LOG_FILE).read_text()
+    assert "finished 1 epochs" in raw and "finished 1 epochs" in "\n".join(own)
     at.run()
     assert not at.exception
     table = at.dataframe[0].value

@@ -14,7 +14,8 @@ limit with --ignore-job-limit.
 
 FILE is TOML or JSON (keys: see cxrcore/trainconfig.py, TrainConfig). A run folder holds config.json,
 run.json (data fingerprints, labels, class weights), status.json (heartbeat), metrics.csv, train.log
-(when launched by the page), checkpoints/, best.keras (+ best.json) and tensorboard/.
+(the job's own lines), raw.log (when launched by the page: everything the process printed, TensorFlow's
+notices included), checkpoints/, best.keras (+ best.json) and tensorboard/.
 Exit 0 finished (or probe/list/dry-run done), 130 cancelled (SIGTERM/SIGINT; resumable), 2 invalid
 input or a failed run (one line on stderr; status.json says 'failed' with the same message).
 """
@@ -124,7 +125,10 @@ def _failure_recorded(run_dir: Path):
         yield
     except CxrError as err:
         if os.environ.get(LOCK_FD_ENV):
+            from cxrcore.jobs import job_logger
+
             StatusWriter(run_dir).update(force=True, state="failed", error=str(err), pid=os.getpid())
+            job_logger(run_dir, echo=False)(f"failed: {err}")
         raise
 
 
@@ -149,9 +153,12 @@ def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
 
 def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cxrcore.jobs import job_logger, tf_config_role
     from cxrcore.training import run_job
 
-    result = run_job(run_dir, config, resume=resume)
+    # the chief writes the run's own lines into train.log; other workers of a multi-worker run only print theirs
+    own_log = {"log": job_logger(run_dir)} if tf_config_role()[1] else {}
+    result = run_job(run_dir, config, resume=resume, **own_log)
     print(f"run folder: {run_dir}")
     return EXIT_CANCELLED if result.state == "cancelled" else 0
 
