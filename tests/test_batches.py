@@ -123,8 +123,7 @@ def test_warp_means_what_the_tf_pipeline_means(fill):
     gray = np.stack([(0.5 + 0.4 * np.sin(3 * xx + k) * np.cos(2 * yy)) for k in range(6)]).astype(np.float32)
     aug = Augmentation(rotation=15, zoom=0.15, shift=0.1, brightness=0.3, horizontal_flip=True, fill=fill)
     maps, gamma = augmentation_params(aug, len(gray), 48, rng)
-    ours = gray.copy()
-    augment(ours, aug, maps, gamma)
+    ours = np.stack([augment(img.copy(), aug, maps[i], gamma[i]) for i, img in enumerate(gray)])
     transforms = np.concatenate([maps.reshape(-1, 6), np.zeros((len(gray), 2))], 1).astype(np.float32)
     theirs = tf.raw_ops.ImageProjectiveTransformV3(
         images=gray[..., None], transforms=transforms, output_shape=[48, 48], fill_value=0.0,

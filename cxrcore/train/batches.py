@@ -53,37 +53,42 @@ def augmentation_params(aug: Augmentation, n: int, side: int, rng: np.random.Gen
     return maps.astype(np.float64), gamma.astype(np.float32)
 
 
-def augment(gray: np.ndarray, aug: Augmentation, maps: np.ndarray, gamma: np.ndarray) -> None:
-    """Apply drawn transforms in place to float32 [0, 1] images (n, S, S): bilinear warp, then gamma."""
-    side = gray.shape[1]
-    geometric = bool(aug.rotation or aug.zoom or aug.shift or aug.horizontal_flip)
-    for i in range(len(gray)):
-        if geometric:
-            cv2.warpAffine(gray[i], maps[i], (side, side), dst=gray[i],
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=_BORDERS[aug.fill], borderValue=0.0)
-        if aug.brightness:
-            np.clip(gray[i], 0.0, 1.0, out=gray[i])
-            np.power(gray[i], gamma[i], out=gray[i])
+def augment(gray: np.ndarray, aug: Augmentation, m: np.ndarray, gamma: float) -> np.ndarray:
+    """One float32 [0, 1] image (S, S) with drawn transforms applied: bilinear warp, then gamma."""
+    side = gray.shape[0]
+    if aug.rotation or aug.zoom or aug.shift or aug.horizontal_flip:
+        gray = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=_BORDERS[aug.fill], borderValue=0.0)
+    if aug.brightness:
+        np.clip(gray, 0.0, 1.0, out=gray)
+        cv2.pow(gray, float(gamma), dst=gray)
+    return gray
 
 
-def finish(gray: np.ndarray, normalization: Normalization | None, out: np.ndarray) -> None:
-    """[0, 1] gray (n, S, S) -> normalized 3-channel `out` (n, S, S, 3), as the pipeline's `_finish_fn`."""
+def _channel_stats(normalization: Normalization | None, img: np.ndarray) -> tuple[list[float], list[float]]:
+    """(mean, std) per output channel in the image's own units; 0 and 1 for raw pixels."""
     if normalization is None:
-        out[:] = gray[..., None]
-        return
+        return [0.0], [1.0]
     if normalization.mode == "sample":
-        mean = gray.mean(axis=(1, 2), keepdims=True)
-        std = gray.std(axis=(1, 2), keepdims=True)
-        gray -= mean
-        gray /= std + np.float32(EPSILON)
-        out[:] = gray[..., None]
-        return
-    means = np.broadcast_to(np.asarray(normalization.mean, np.float32), (3,))
-    stds = np.broadcast_to(np.asarray(normalization.std, np.float32), (3,))
-    for ch in range(3):
-        np.subtract(gray, means[ch], out=out[..., ch])
-        out[..., ch] /= stds[ch] + np.float32(EPSILON)
+        mean, std = cv2.meanStdDev(img)  # one pass in float64; tf.nn.moments' population std
+        return [float(mean[0, 0])], [float(std[0, 0])]
+    return list(normalization.mean), list(normalization.std)
+
+
+def finish(img: np.ndarray, unit: float, normalization: Normalization | None, out: np.ndarray) -> None:
+    """One image (S, S), uint16 (unit 1/65535) or float32 [0, 1] (unit 1) -> normalized `out` (S, S, 3).
+
+    (x - mean) / (std + EPSILON) on x = img * unit, then gray repeated to 3 channels, as the pipeline's
+    `_finish_fn`; computed as one fused scale-and-shift per channel (OpenCV, outside the GIL).
+    """
+    means, stds = _channel_stats(normalization, img)
+    if normalization is not None and normalization.mode == "sample":
+        means, stds = [means[0] * unit], [stds[0] * unit]
+    planes = []
+    for mean, std in zip(means, stds):
+        denom = std + EPSILON if normalization is not None else 1.0
+        planes.append(cv2.addWeighted(img, unit / denom, img, 0.0, -mean / denom, dtype=cv2.CV_32F))
+    cv2.merge(planes * 3 if len(planes) == 1 else planes, dst=out)
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -160,11 +165,13 @@ class ImageBatches(keras.utils.PyDataset):
             maps, gamma = augmentation_params(self.augmentation, len(rows), side, rng)
 
         def work(lo: int, hi: int) -> None:
-            gray = self.cache.pixels[rows[lo:hi]].astype(np.float32)
-            gray *= np.float32(1.0 / 65535.0)
-            if maps is not None:
-                augment(gray, self.augmentation, maps[lo:hi], gamma[lo:hi])
-            finish(gray, self.normalization, x[lo:hi])
+            for i in range(lo, hi):
+                img, unit = self.cache.pixels[rows[i]], 1.0 / 65535.0
+                if maps is not None:
+                    img = augment(cv2.addWeighted(img, unit, img, 0.0, 0.0, dtype=cv2.CV_32F),
+                                  self.augmentation, maps[i], gamma[i])
+                    unit = 1.0
+                finish(img, unit, self.normalization, x[i])
 
         parts = min(self.threads, max(1, len(rows) // _MIN_PER_THREAD))
         if parts == 1:

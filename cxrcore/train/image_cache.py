@@ -180,6 +180,7 @@ def open_image_cache(paths: Sequence[str], input_size: int, cache_root: str | os
     become ready, starting with those already cached. Missing files raise DatasetError before anything
     is decoded; undecodable ones (truncated, not an image, above max_pixels) one DatasetError naming them
     after the pass, so the good rows stay cached. Two jobs opening the same list wait for each other.
+    Workers are forked: open the cache before the backend starts its threads (before building a model).
     """
     size = int(input_size)
     if size < 8:
@@ -245,7 +246,9 @@ def _fill(pixels: np.ndarray, stamps: np.ndarray, now: np.ndarray, paths: tuple[
             _worker_pixels = None
     else:
         pixels.flush()
-        context = multiprocessing.get_context("forkserver")
+        # fork: workers start at once and never re-import the caller's script (forkserver and spawn run a
+        # script's top level again in every worker unless it has a __main__ guard); they touch no backend
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                  initargs=(str(pixels_file),)) as pool:
             pending = {pool.submit(_decode_rows, jobs[s:s + CHUNK_ROWS], size, max_pixels)
