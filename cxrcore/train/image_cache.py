@@ -180,7 +180,7 @@ def open_image_cache(paths: Sequence[str], input_size: int, cache_root: str | os
     become ready, starting with those already cached. Missing files raise DatasetError before anything
     is decoded; undecodable ones (truncated, not an image, above max_pixels) one DatasetError naming them
     after the pass, so the good rows stay cached. Two jobs opening the same list wait for each other.
-    Workers are forked: open the cache before the backend starts its threads (before building a model).
+    Workers start from a fresh forkserver: a script calling this needs `if __name__ == "__main__":`.
     """
     size = int(input_size)
     if size < 8:
@@ -246,9 +246,11 @@ def _fill(pixels: np.ndarray, stamps: np.ndarray, now: np.ndarray, paths: tuple[
             _worker_pixels = None
     else:
         pixels.flush()
-        # fork: workers start at once and never re-import the caller's script (forkserver and spawn run a
-        # script's top level again in every worker unless it has a __main__ guard); they touch no backend
-        context = multiprocessing.get_context("fork")
+        # forkserver: workers fork from a clean server, never from this process, whose thread pools
+        # (OpenCV's, a backend's) would deadlock a forked child; the server imports the caller's script
+        # once, so a script needs the usual `if __name__ == "__main__":` guard
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", __name__])
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                  initargs=(str(pixels_file),)) as pool:
             pending = {pool.submit(_decode_rows, jobs[s:s + CHUNK_ROWS], size, max_pixels)
