@@ -501,6 +501,14 @@ def gray_rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
 
 
+def is_flat(heat: np.ndarray, tol: float = 1e-6) -> bool:
+    """True when a map holds no information: (nearly) the same value everywhere, e.g. a Grad-CAM whose
+    positive evidence is zero. Drawn through a colormap it would look like a uniformly "cold" map."""
+    values = np.asarray(heat, np.float32)
+    finite = values[np.isfinite(values)]
+    return finite.size == 0 or float(finite.max() - finite.min()) <= tol
+
+
 def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:
     """The image in gray with the colored map blended on top (opacity 0 = image only, 1 = map only)."""
     if not 0.0 <= float(opacity) <= 1.0:
@@ -526,14 +534,45 @@ def draw_boxes(rgb: np.ndarray, boxes: Sequence[tuple[str, Sequence[float]]], *,
     out = np.ascontiguousarray(rgb.copy())
     thickness = max(1, round(min(out.shape[:2]) / 200))
     rgb_color = _hex_rgb(color)
+    corners = []
     for name, (x, y, w, h) in boxes:
         p1 = (int(round(x * scale[0])), int(round(y * scale[1])))
         p2 = (int(round((x + w) * scale[0])), int(round((y + h) * scale[1])))
         cv2.rectangle(out, p1, p2, rgb_color, thickness, cv2.LINE_AA)
-        if label and name:
-            font = min(0.6, max(0.35, min(out.shape[:2]) / 700))
-            cv2.putText(out, str(name), (p1[0] + 2, max(p1[1] - 4, int(12 * font) + 2)), cv2.FONT_HERSHEY_SIMPLEX,
-                        font, rgb_color, max(1, thickness // 2), cv2.LINE_AA)
+        corners.append((str(name), p1, p2))
+    if label:
+        font = min(0.6, max(0.35, min(out.shape[:2]) / 700))
+        weight = max(1, thickness // 2)
+        for name, (tx, ty), (tw, th) in label_positions(corners, out.shape[:2], font, weight):
+            # a dark backing keeps the label readable over a bright lung or a colored map
+            cv2.rectangle(out, (tx - 1, ty - th - 2), (tx + tw + 1, ty + 3), (0, 0, 0), -1)
+            cv2.putText(out, name, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font, rgb_color, weight, cv2.LINE_AA)
+    return out
+
+
+def label_positions(boxes: Sequence[tuple[str, tuple[int, int], tuple[int, int]]], shape: tuple[int, int],
+                    font: float, weight: int = 1) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+    """(name, text origin, text size) for each named box: above its top-left corner, else inside it, moved
+    down a line at a time until it overlaps no label placed before (boxes of one image often nearly touch,
+    and two labels printed on top of each other read as neither)."""
+    height, width = shape
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for name, p1, p2 in boxes:
+        if not name:
+            continue
+        (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, font, weight)
+        line = th + base + 3
+        x = int(min(max(p1[0] + 2, 0), max(0, width - tw - 2)))
+        y = p1[1] - 4 if p1[1] - 4 - th >= 0 else p1[1] + th + 4
+        for _ in range(max(1, height // line)):
+            rect = (x, y - th - 2, x + tw, y + base)
+            if not any(rect[0] < r[2] and r[0] < rect[2] and rect[1] < r[3] and r[1] < rect[3] for r in placed):
+                break
+            y += line
+        y = int(min(y, height - base - 1))
+        placed.append((x, y - th - 2, x + tw, y + base))
+        out.append((name, (x, y), (tw, th)))
     return out
 
 
@@ -606,6 +645,6 @@ def explanation_figure(image: np.ndarray, result: ImageMaps, *, opacity: float =
 
 __all__ = ["CAM_METHODS", "COLORMAPS", "CamModel", "GRADIENT_METHODS", "ImageMaps", "METHODS", "METHOD_TITLES",
            "cam_model", "check_method", "colorize", "describe_method", "draw_boxes", "explain", "explain_batch",
-           "explanation_figure", "figure", "gray_rgb", "map_layers", "method_support", "normalize_maps",
+           "explanation_figure", "figure", "gray_rgb", "is_flat", "label_positions", "map_layers", "method_support", "normalize_maps",
            "output_indices", "overlay", "png_bytes", "postprocess", "raw_maps", "supported_methods", "top_labels",
            "upsample_maps"]

@@ -89,15 +89,24 @@ def _table_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _table_markdown(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    """A Markdown table; a "|" inside a cell (header "max |dev|" too) is escaped, or it would split the cell."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *[line(r) for r in rows]])
+
+
+def format_p(value: float | None) -> str:
+    """A p-value as every page and report writes it: four decimals, "<0.0001" below that, "-" when undefined."""
+    if value is None or math.isnan(value):
+        return "-"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
 def _shift_rows(report: AuditReport, alpha: float = 0.001) -> list[list[str]]:
     flagged = report.shift[report.shift["p_value"] < alpha]
     return [[r.a, r.b, r.label, f"{r.prevalence_a:.3f}", f"{r.prevalence_b:.3f}", f"{r.difference:+.3f}",
-             f"{r.p_value:.1e}"] for r in flagged.itertuples()]
+             format_p(r.p_value)] for r in flagged.itertuples()]
 
 
 def render(report: AuditReport, fmt: str = "text") -> str:

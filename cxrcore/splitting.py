@@ -426,15 +426,17 @@ class BalanceReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
-    def render(self, fmt: str = "text") -> str:
-        """The report as 'text', 'markdown' or 'json'."""
+    def render(self, fmt: str = "text", *, heading_level: int = 1) -> str:
+        """The report as 'text', 'markdown' or 'json'; Markdown's title at `heading_level` (a page showing
+        it inside a section passes e.g. 4), its sections one level below."""
         if fmt == "json":
             return self.to_json() + "\n"
         markdown = fmt == "markdown"
         table = _table_markdown if markdown else _table_text
-        heading = (lambda t: f"## {t}") if markdown else (lambda t: f"{t}\n{'-' * len(t)}")
+        sub = "#" * min(6, heading_level + 1)
+        heading = (lambda t: f"{sub} {t}") if markdown else (lambda t: f"{t}\n{'-' * len(t)}")
         title = "Split repair" if self.mode == MODE_REPAIR else "Stratified split"
-        out = [f"# {title}" if markdown else f"{title.upper()}\n{'=' * len(title)}", "",
+        out = [f"{'#' * heading_level} {title}" if markdown else f"{title.upper()}\n{'=' * len(title)}", "",
                f"**{self.verdict()}**" if markdown else self.verdict(), ""]
         header = ["split", "images", "patients", "share", "target", "max |dev|", "worst class"]
         for caption, balances, leaked in (("Before", self.before, self.leaked_before),
@@ -471,9 +473,11 @@ def _table_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _table_markdown(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    """A Markdown table; a "|" inside a cell (header "max |dev|" too) is escaped, or it would split the cell."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *[line(r) for r in rows]])
 
 
 def balance_report(mode: str, before: list[Split], after: list[Split], **extra) -> BalanceReport:

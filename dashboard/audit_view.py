@@ -10,7 +10,7 @@ from cxrcore.audit import AuditReport, Leak, run_audit, shared_patient_images
 from cxrcore.catalog import splits_from_files
 from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS
-from cxrcore.report import render, verdict
+from cxrcore.report import format_p, render, verdict
 from dashboard.loaders import ActiveDataset, audit, preview, split_key
 from dashboard.widgets import show_warnings, teaching_note, user_errors
 
@@ -142,18 +142,41 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
                              f"({'exact copy' if pair.exact else f'{pair.distance} bits apart'})", width=220)
 
 
+#: Column settings shared by the shift tables: split and class names shown whole, p-values as `format_p` writes them.
+_NAME = st.column_config.TextColumn(width="medium")
+_P_HELP = "Four decimals; <0.0001 below that (the same format on every page)."
+
+
 def render_shift(report: AuditReport) -> None:
     if len(report.summaries) < 2:
         return
     st.subheader("Prevalence shift between splits")
     shift = report.shift.copy()
+    shift["p_value"] = shift["p_value"].map(format_p)
     st.dataframe(shift, hide_index=True, width="stretch", column_config={
+        "a": _NAME, "b": _NAME, "label": _NAME,
         "prevalence_a": st.column_config.NumberColumn(format="%.4f"),
         "prevalence_b": st.column_config.NumberColumn(format="%.4f"),
         "difference": st.column_config.NumberColumn(format="%+.4f"),
-        "p_value": st.column_config.NumberColumn(format="%.2e")})
+        "p_value": st.column_config.TextColumn("p-value", help=_P_HELP)})
     if not report.metadata_shift.empty:
-        st.dataframe(report.metadata_shift, hide_index=True, width="stretch")
+        st.markdown("**Age, sex and view position between splits**")
+        meta = report.metadata_shift.copy()
+        meta["p_value"] = meta["p_value"].map(format_p)
+        if "level" not in meta:
+            meta["level"] = None
+        st.dataframe(meta, hide_index=True, width="stretch", column_config={
+            "a": _NAME, "b": _NAME,
+            "summary_a": st.column_config.NumberColumn(
+                "in a", format="%.3f", help="Age: the mean age in split a. Sex and view: the share of split a's "
+                                           "images with the most common value."),
+            "summary_b": st.column_config.NumberColumn("in b", format="%.3f", help="The same for split b."),
+            "statistic": st.column_config.NumberColumn(format="%.3f"),
+            "p_value": st.column_config.TextColumn("p-value", help=_P_HELP),
+            "level": st.column_config.TextColumn(
+                "most common value", help="Sex and view: the value whose share is compared (e.g. M, PA).")})
+        st.caption("Age: mean age and a Kolmogorov-Smirnov test of the two age distributions. Sex and view "
+                   "position: the share of the most common value and a chi-square test over all values.")
     teaching_note("reading p-values here",
                   "A two-proportion test per class. Images of one patient are not independent, so with many "
                   "images per patient the p-values are optimistic: treat small ones as a flag to look at "

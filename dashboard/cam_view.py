@@ -30,7 +30,7 @@ from cxrcore.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS, cached_figure, faithfulness_curves_chart
 from dashboard.loaders import ActiveDataset, preview_jpeg
 from dashboard.models import keep_compiled_functions
-from dashboard.widgets import section, teaching_note, user_errors
+from dashboard.widgets import keep_state, section, teaching_note, user_errors
 
 #: Longest side of the images and maps drawn on the page (and cached).
 DISPLAY_SIDE = 512
@@ -54,6 +54,14 @@ IMAGE_KEY = "cam_image"
 COMPARE_KEY = "cam_compare"
 #: Methods whose maps depend on SmoothGrad / IG settings (the others ignore them).
 _OPTION_METHODS = ("smoothgrad", "integrated-gradients")
+#: Widgets drawn only some of the time (comparison, gradient settings): their values survive the runs where
+#: they are hidden, e.g. switching to "Upload an image" and back, or to CAM and back to SmoothGrad.
+KEPT_KEYS = (COMPARE_KEY, "cam_compare_a", "cam_compare_b", "cam_compare_class", "cam_samples", "cam_noise",
+             "cam_steps")
+NO_EVIDENCE = "no evidence (the map is zero everywhere)"
+FLAT_NOTE = ("A map that is zero everywhere is drawn without colour: no region of the image raised the class "
+             "score for this method, so the model found no evidence for that class here. It is not the same as "
+             "a map that is low everywhere.")
 
 
 @dataclass(frozen=True)
@@ -326,6 +334,15 @@ def missing_methods_caption(support: dict[str, str | None]) -> str | None:
             "work on the input pixels of any model.")
 
 
+def methods_in_use(method: str, methods: Sequence[str]) -> set[str]:
+    """The methods whose maps are on screen: the chosen one, and the compared pair while comparing."""
+    used = {method}
+    if st.session_state.get(COMPARE_KEY):
+        first, second = default_pair(methods, method)
+        used |= {st.session_state.get("cam_compare_a", first), st.session_state.get("cam_compare_b", second)}
+    return used
+
+
 def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
     """Method, layer, opacity, colormap, smoothing, SmoothGrad / IG settings and class choice widgets."""
     typed, every, shapes = _layers(key, loaded)
@@ -375,13 +392,23 @@ def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
     available = [label for label in LABELS if label in loaded.info.labels]
     chosen = c6.multiselect("Chosen classes", available, default=available[:1], key="cam_classes",
                             disabled=show != SHOW_CHOSEN, max_selections=len(available))
-    c9, c10, c11, _ = st.columns([3, 3, 3, 3], vertical_alignment="bottom")
-    samples = c9.slider("SmoothGrad samples", 1, 100, 25, 1, key="cam_samples",
-                        help="Noisy copies averaged (Smilkov et al. 2017 use about 50; 25 is usually smooth).")
-    noise = c10.slider("SmoothGrad noise", 0.0, 0.5, 0.15, 0.01, key="cam_noise",
-                       help="Noise sigma as a share of the image's range (the authors recommend 0.1-0.2).")
-    steps = c11.slider("Integrated Gradients steps", 4, 128, 32, 4, key="cam_steps",
-                       help="Points on the path from a flat image to this one (more: closer to completeness).")
+    in_use = methods_in_use(method, methods)
+    defaults = MapSettings()
+    samples, noise, steps = (st.session_state.get("cam_samples", defaults.samples),
+                             st.session_state.get("cam_noise", defaults.noise),
+                             st.session_state.get("cam_steps", defaults.steps))
+    if in_use & set(_OPTION_METHODS):  # only the settings of a method on screen: none while CAM is shown
+        c9, c10, c11, _ = st.columns([3, 3, 3, 3], vertical_alignment="bottom")
+        if "smoothgrad" in in_use:
+            samples = c9.slider("SmoothGrad samples", 1, 100, defaults.samples, 1, key="cam_samples",
+                                help="Noisy copies averaged (Smilkov et al. 2017 use about 50; 25 is usually "
+                                     "smooth).")
+            noise = c10.slider("SmoothGrad noise", 0.0, 0.5, defaults.noise, 0.01, key="cam_noise",
+                               help="Noise sigma as a share of the image's range (the authors recommend 0.1-0.2).")
+        if "integrated-gradients" in in_use:
+            steps = c11.slider("Integrated Gradients steps", 4, 128, defaults.steps, 4, key="cam_steps",
+                               help="Points on the path from a flat image to this one (more: closer to "
+                                    "completeness).")
     caption = missing_methods_caption(support)
     if caption:
         st.caption(caption)
@@ -439,12 +466,15 @@ def _panels(maps_key: tuple, name: str, labels_shown: tuple[str, ...], box_list:
                f"{name} · " + ("labels unknown" if truth is None else
                                f"true: {', '.join(truth) if truth else 'No Finding'}"))]
     for label in labels_shown:
-        panel = cam.overlay(_shown_image, _result.map_for(label), opacity, colormap)
+        heat = _result.map_for(label)
+        flat = cam.is_flat(heat)  # drawn without colour: a flat blue overlay reads as "low everywhere"
+        panel = base.copy() if flat else cam.overlay(_shown_image, heat, opacity, colormap)
         own = [(n, b) for n, b in box_list if n == label]
         if own:
             panel = cam.draw_boxes(panel, own, scale=scale, label=False, color=(255, 255, 255))
         mark = " · true" if label in (truth or ()) else ""
-        panels.append((_jpeg(panel), f"{label} · p={_result.prob(label):.2f}{mark}"))
+        panels.append((_jpeg(panel), f"{label} · p={_result.prob(label):.2f}{mark}" + (f" · {NO_EVIDENCE}" if flat
+                                                                                      else "")))
     return panels
 
 
@@ -480,6 +510,8 @@ def render_image(name: str, shown_image: np.ndarray, original: tuple[int, int], 
         grid[i % OVERLAY_COLUMNS].image(panel, caption=caption, width="stretch")
     st.caption(f"{method_caption(result)} · maps normalized per class to [0, 1]"
                + (" · green: radiologist boxes (white on the overlay of their class)" if box_list else ""))
+    if any(cam.is_flat(result.map_for(label)) for label in labels_shown):
+        st.info(FLAT_NOTE, icon=":material/visibility_off:")
     left, right = st.columns([3, 2])
     with left:
         chart_key = (maps_key, None if truth is None else tuple(truth), threshold, tuple(labels_shown))
@@ -573,6 +605,20 @@ def _curves(key: str, image_key: str, method: str, layer: str | None, label: str
     return faithfulness_curves(_loaded, _image, _heat, label)
 
 
+def faithfulness_verdict(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """A sentence when a map deletes no better than random order (deletion AUC >= its random bar): then
+    masking what it calls important lowers the probability no faster than masking cells at random."""
+    worse = [str(r["method"]) for r in rows if r["deletion AUC"] >= r["deletion AUC (random)"]]
+    if not worse:
+        return None
+    if len(worse) == len(rows) > 1:
+        return ("Neither map is faithful on this image: masking the cells each method calls most important "
+                "lowers the probability no faster than masking cells in random order (deletion AUC at or above "
+                "the random bar). Do not read either map as where the model looks here.")
+    return (f"{worse[0]} is not faithful on this image: masking the cells it calls most important lowers the "
+            "probability no faster than masking cells in random order (deletion AUC at or above the random bar).")
+
+
 def default_pair(methods: Sequence[str], current: str) -> tuple[str, str]:
     """The methods compared first: the current one against SmoothGrad (the references' pair), or the next one."""
     first = current if current in methods else methods[0]
@@ -616,11 +662,15 @@ def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSetti
     pair = [image_maps(key, image_key, loaded, read, [label], settings.with_method(m, _compare_layer(m, settings)),
                        size) for m in (method_a, method_b)]
     for column, maps in zip(st.columns(2), pair):
-        panel = cam.overlay(shown_image, maps.maps[0], settings.opacity, settings.colormap)
+        flat = cam.is_flat(maps.maps[0])
+        panel = cam.gray_rgb(shown_image) if flat else cam.overlay(shown_image, maps.maps[0], settings.opacity,
+                                                                    settings.colormap)
         if own:
             panel = cam.draw_boxes(panel, [(label, b) for b in own], label=False, color=(255, 255, 255))
-        column.image(_jpeg(panel), caption=f"{method_caption(maps)} · {label} · p={maps.prob(label):.2f}",
-                     width="stretch")
+        column.image(_jpeg(panel), caption=f"{method_caption(maps)} · {label} · p={maps.prob(label):.2f}"
+                     + (f" · {NO_EVIDENCE}" if flat else ""), width="stretch")
+    if any(cam.is_flat(maps.maps[0]) for maps in pair):
+        st.info(FLAT_NOTE, icon=":material/visibility_off:")
     agreement = map_agreement(pair[0].maps[0], pair[1].maps[0])
     rho = agreement["spearman"]
     m1, m2 = st.columns(2)
@@ -639,6 +689,9 @@ def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSetti
         row["pointing"] = ("hit" if score_map(maps.maps[0], own)["hit"] else "miss") if own else "no box"
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    verdict = faithfulness_verdict(rows)
+    if verdict:
+        st.warning(verdict, icon=":material/warning:")
     figure = faithfulness_curves_chart([(row["method"], c) for row, c in zip(rows, curves)])
     st.plotly_chart(figure, width="stretch", key="cam_compare_curves")
     st.caption("Deletion AUC: area under p while the most salient cells (16x16 grid) are set to the image mean, lower "
@@ -876,6 +929,7 @@ def render_page(dataset: ActiveDataset | None, models: list[ModelEntry]) -> None
     from dashboard.models import ready_model
 
     keep_compiled_functions()
+    keep_state(*KEPT_KEYS)
     teaching()
     if not models:
         render_guidance()

@@ -46,7 +46,7 @@ def _show_result(result: SplitResult, file_stem: str) -> None:
     for note in [*report.notes, *report.warnings]:
         st.caption(page_note(note))
     with st.expander("Before/after balance report"):
-        st.markdown(report.render("markdown"))
+        st.markdown(report.render("markdown", heading_level=4))
     st.download_button("Download the fixed split files (zip)", outputs_zip(result), file_name=f"{file_stem}.zip",
                        mime="application/zip", key=f"dl_{file_stem}", type="primary")
 

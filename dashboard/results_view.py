@@ -28,6 +28,7 @@ from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
                              reliability_bins, roc_curve, threshold_metrics)
 from cxrcore.predictions import Aligned, Predictions, align, read_predictions
+from cxrcore.report import format_p
 from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
 from dashboard.loaders import split_key
@@ -520,10 +521,7 @@ def auroc_table(evaluated: Mapping[str, Evaluated], split: Split) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def _p(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+_p = format_p  # one p-value format on every page and report
 
 
 def delong_table(comp: Comparison) -> pd.DataFrame:
@@ -856,7 +854,8 @@ def render_calibration(evaluated: Mapping[str, Evaluated]) -> None:
 
     st.plotly_chart(cached_figure("calibration", (evaluated_key(evaluated), label), build), width="stretch",
                     key="results_calibration")
-    st.caption("Brier score: mean of (p - y)² over the images, lower is better; ")
+    st.caption("Brier score (in the legend): the mean of (p − y)² over the images; lower is better, and a model "
+               "answering 0.5 for every image scores 0.25.")
     teaching_note("calibration",
                   "A calibrated model's 0.3 means 'about 30 % of such images have the finding'. Points above "
                   "the diagonal: the model under-estimates; below: it over-estimates. Weighted losses (as in "

@@ -35,6 +35,14 @@ def user_errors(what: str = "") -> Iterator[None]:
                  "The details are in the server log.", icon=":material/error:")
 
 
+def keep_state(*keys: str) -> None:
+    """Keep these widgets' values over runs where the widget is not drawn (Streamlit drops a widget's value
+    at the end of a run that did not draw it); call before the widgets, on every run."""
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def section(what: str) -> Callable[[F], F]:
     """Decorator: a page section whose own widgets rerun only this section (`st.fragment`), not the page.
 

@@ -214,9 +214,11 @@ def test_smoothgrad_as_the_method_with_its_sliders(page):
 def test_compare_two_methods_side_by_side_with_agreement_faithfulness_and_pointing(page, world):
     at = page
     at.selectbox(key="cam_image").set_value(world["boxed"][0]).run()  # a Mass box on this image
-    at.slider(key="cam_samples").set_value(4).run()
+    assert not [s for s in at.slider if s.key in ("cam_samples", "cam_noise", "cam_steps")]  # CAM: no such settings
     assert not any(c.startswith("SmoothGrad") for c in captions(at))
     at.toggle(key="cam_compare").set_value(True).run()
+    at.slider(key="cam_samples").set_value(4).run()  # SmoothGrad is compared: its settings are there now
+    assert not [s for s in at.slider if s.key == "cam_steps"]
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.selectbox(key="cam_compare_a").value == "cam"
     assert at.selectbox(key="cam_compare_b").value == "smoothgrad"
