@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import csv
 import difflib
-import gzip
 import hashlib
 import io
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -24,6 +22,7 @@ import pandas as pd
 
 from cxrcore.errors import DatasetError, DataWarning
 from cxrcore.export import neutralize_formulas
+from cxrcore.fileio import read_table_bytes
 from cxrcore.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
 
 IMAGE = "Image"
@@ -87,23 +86,15 @@ def _display_name(source: str | Path | bytes, name: str | None) -> str:
 
 
 def _read_bytes(source: str | Path | bytes, display: str) -> bytes:
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
+    """The file's bytes, gunzipped, through cxrcore.fileio's guards (regular file, size and line caps)."""
+    if not isinstance(source, (bytes, bytearray)):
         path = Path(source)
         if not path.exists():
             raise DatasetError("file not found.", file=display, fix="check the path.")
         if path.is_dir():
             raise DatasetError("is a folder, not a labels file.", file=display,
                                fix="point at a .csv file inside it.")
-        data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DatasetError(f"the gzip file is damaged ({err}).", file=display,
-                               fix="download or copy it again.") from None
-    return data
+    return read_table_bytes(source, error=DatasetError, file=display, what="labels file")
 
 
 def _decode_text(data: bytes, display: str) -> str:
@@ -319,6 +310,12 @@ def _from_onehot(raw: pd.DataFrame, display: str) -> tuple[pd.DataFrame, list[Da
     if image_col is None:
         raise _missing_column_error([IMAGE], columns, display, "image")
     if missing:
+        predicted = [c for c in columns if c.lower().startswith("prob_") and canonical_label(c[5:]) is not None]
+        if predicted:
+            raise DatasetError(f"looks like a predictions file (probability columns such as '{predicted[0]}'), "
+                               "not a labels file.", file=display, rows=[1],
+                               fix="give this file as the predictions (--predictions) and the split's labels file "
+                                   "(0/1 label columns) as the labels (--labels).")
         unused = [c for c in columns if c not in label_cols.values()]
         raise _missing_column_error(missing, unused or columns, display, "label")
     names = raw[image_col].astype(str).str.strip()

@@ -65,6 +65,10 @@ class PredictionsError(CxrError):
     """A predictions file that cannot be matched to labels or holds invalid probabilities."""
 
 
+class OutputError(CxrError):
+    """An output path a command cannot write: a folder, no permission, or one of the command's own inputs."""
+
+
 @dataclass(frozen=True)
 class DataWarning:
     """Something suspicious but usable in an input file; shown to the user, never fatal."""

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from cxrcore.dataset import Split
-from cxrcore.errors import DatasetError
+from cxrcore.errors import DatasetError, ImageError
+from cxrcore.fileio import MAX_IMAGE_BYTES, limit, read_file_bytes
 from cxrcore.paths import resolve_image
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -114,10 +115,13 @@ def _hash_file(root: Path, split: str, name: str, with_perceptual: bool) -> Imag
         path = resolve_image(root, name)
     except DatasetError as err:
         return ImageRecord(split, name, problem=err.problem)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return ImageRecord(split, name, problem="missing")
+    try:  # a regular file within the image size limit: a pipe or a device is reported, never read
+        data = read_file_bytes(path, error=ImageError, what="image file", max_bytes=limit(*MAX_IMAGE_BYTES),
+                               env=MAX_IMAGE_BYTES[0])
+    except ImageError as err:
+        return ImageRecord(split, name, problem=err.problem.rstrip("."))
     except OSError as err:
         return ImageRecord(split, name, problem=f"cannot read ({err.strerror})")
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from cxrcore.errors import ImageError
+from cxrcore.fileio import MAX_IMAGE_BYTES, limit, open_for_reading, read_file_bytes
 
 try:  # Rust PNG decoder: 2.3x less CPU than libpng on NIH files, identical pixels (docs/benchmarks.md)
     from kornia_rs import io as _kornia_io
@@ -48,14 +49,9 @@ def _load(source: ImageSource) -> tuple[bytes, str | None]:
         return bytes(source), None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        try:
-            with open(path, "rb") as fh:
-                return fh.read(), path
-        except FileNotFoundError:
-            raise ImageError("the image file does not exist.", file=path,
-                             fix="check the path and the image folder setting.") from None
-        except IsADirectoryError:
-            raise ImageError("this is a folder, not an image file.", file=path) from None
+        try:  # a regular file within MAX_IMAGE_BYTES: a pipe would block forever, /dev/zero never ends
+            return read_file_bytes(path, error=ImageError, what="image file", max_bytes=limit(*MAX_IMAGE_BYTES),
+                                   env=MAX_IMAGE_BYTES[0]), path
         except OSError as err:
             raise ImageError(f"the image file cannot be read ({err.strerror or err}).", file=path) from None
     name = getattr(source, "name", None)
@@ -157,12 +153,11 @@ def quick_check(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX
     and within max_pixels. Reads only its first 64 kB and last 64 bytes; returns (width, height)."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as fh:
+        with open_for_reading(name, error=ImageError, what="image file", max_bytes=limit(*MAX_IMAGE_BYTES),
+                              env=MAX_IMAGE_BYTES[0]) as fh:
             head = fh.read(65536)
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - 64))
             tail = fh.read(64)
-    except FileNotFoundError:
-        raise ImageError("the image file does not exist.", file=name) from None
     except OSError as err:
         raise ImageError(f"the image file cannot be read ({err.strerror or err}).", file=name) from None
     fmt = _format_or_raise(head, name)
@@ -203,7 +198,8 @@ def _check_pixels(width: int, height: int, max_pixels: int | None, name: str | N
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the "
                          f"limit of {max_pixels / 1e6:.1f} megapixels (possible decompression bomb).",
-                         file=name, fix="downscale the image, or raise max_pixels if the file is trusted.")
+                         file=name, fix=f"downscale the image below {max_pixels / 1e6:.0f} megapixels (the limit "
+                                      "of this tool).")
 
 
 def _to_gray01(arr: np.ndarray, *, bgr: bool) -> np.ndarray:
@@ -342,8 +338,7 @@ def _decode_dicom(data: bytes, name: str | None, max_pixels: int | None) -> np.n
     except Exception as err:  # missing codec, truncated pixel data, bad header
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"the DICOM pixel data cannot be decoded ({text[:160]}).", file=name,
-                         fix="re-export it uncompressed, or install a pydicom codec plugin "
-                             "(pylibjpeg or gdcm) for compressed transfer syntaxes.") from None
+                         fix=_dicom_fix(ds)) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour DICOM (secondary capture): pydicom returns RGB
         bits = int(ds.get("BitsStored", 8) or 8)
@@ -366,6 +361,25 @@ def _decode_dicom(data: bytes, name: str | None, max_pixels: int | None) -> np.n
     if photometric == "MONOCHROME1":  # high values are dark: invert so bone is bright
         img = 1.0 - img
     return img.astype(np.float32)
+
+
+def _dicom_fix(ds) -> str:
+    """What to do about undecodable DICOM pixels: a codec to install only when none is installed for the
+    file's transfer syntax; with one installed (or for uncompressed data) the file itself is damaged."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        decoder = get_decoder(uid) if uid is not None and uid.is_compressed else None
+    except Exception:  # an unknown or unsupported transfer syntax
+        decoder = None
+        if uid is not None and getattr(uid, "is_compressed", False):
+            return (f"re-export it uncompressed: no installed pydicom codec reads its transfer syntax "
+                    f"({getattr(uid, 'name', uid)}).")
+    if decoder is not None and not decoder.is_available:
+        return ("re-export it uncompressed, or install a pydicom codec plugin (pylibjpeg or gdcm) for its "
+                f"transfer syntax ({uid.name}).")
+    return "the file is damaged (truncated or corrupt pixel data): re-export the study from the PACS."
 
 
 def read_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

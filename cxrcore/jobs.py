@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
-from cxrcore.fileio import atomic_write_text
+from cxrcore.fileio import atomic_write_text, read_json_file
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -85,22 +85,20 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON object from a file; ConfigError (naming the file) when missing, unreadable, empty or not an object."""
+    """A JSON object from a file; ConfigError (naming the file) when missing, unreadable, empty, not an object,
+    or beyond cxrcore.fileio's guards (not a regular file, too large, nested too deeply)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-        data = json.loads(text)
+        os.stat(p)
     except FileNotFoundError:
         raise ConfigError(f"{p.name} is missing.", file=str(p)) from None
     except PermissionError:
         raise ConfigError(f"{p.name} cannot be read: permission denied.", file=str(p),
                           fix="give your user read access to the run folder (ls -l shows its owner and "
                               "permissions).") from None
-    except json.JSONDecodeError as err:
-        problem = "is empty" if not text.strip() else f"is damaged (not valid JSON: {err})"
-        raise ConfigError(f"{p.name} {problem}.", file=str(p)) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise ConfigError(f"{p.name} is damaged ({type(err).__name__}: {err}).", file=str(p)) from None
+    data = read_json_file(p, error=ConfigError, what=p.name)
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name} is not a JSON object.", file=str(p))
     return data
@@ -193,9 +191,9 @@ def lock_held(run_dir: str | os.PathLike) -> bool:
 def lock_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     """What train.lock says about its holder (pid, host, since); {} when unreadable."""
     try:
-        data = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8") or "{}")
+        data = read_json_file(Path(run_dir) / LOCK_FILE, error=ConfigError, what=LOCK_FILE)
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ConfigError):  # missing, empty (flock only), damaged: no holder to name
         return {}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from cxrcore.errors import ConfigError, ModelError
-from cxrcore.fileio import atomic_write_text
+from cxrcore.fileio import (MAX_JSON_BYTES, MiB, atomic_write_text, limit, make_temp, open_for_reading, parse_json,
+                            read_file_bytes, read_json_file)
 from cxrcore.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
 from cxrcore.pipeline import Normalization, prepare_images
 
@@ -177,10 +177,9 @@ class ModelInfo:
     @classmethod
     def from_json(cls, text: str, *, file: str | None = None) -> "ModelInfo":
         """Parse `to_json` output; ModelError names the file when it is not valid."""
+        data = parse_json(text, error=ModelError, file=file, what="model info")
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise ModelError(f"the model info is not valid JSON ({err.msg}, line {err.lineno}).", file=file) from None
+            return cls.from_dict(data)
         except ConfigError as err:
             raise ModelError(f"the model info is invalid: {err.problem}", file=file, fix=err.fix) from None
 
@@ -208,15 +207,20 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 def read_model_info(model_path: str | os.PathLike) -> ModelInfo | None:
     """The model's info from its JSON sidecar, else from inside the file; None when it has none."""
     path = Path(model_path)
+    open_for_reading(path, error=ModelError, what="model file").close()  # a pipe or /dev/zero: refused here
     side = sidecar_path(path)
-    if side.is_file():
-        return ModelInfo.from_json(side.read_text(encoding="utf-8"), file=str(side))
+    if side.exists():
+        return ModelInfo.from_json(read_file_bytes(side, error=ModelError, what="model info",
+                                                   max_bytes=limit(*MAX_JSON_BYTES), env=MAX_JSON_BYTES[0]),
+                                   file=str(side))
     text = None
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 if _INFO_ENTRY in zf.namelist():
-                    text = zf.read(_INFO_ENTRY).decode("utf-8")
+                    if zf.getinfo(_INFO_ENTRY).file_size > limit(*MAX_JSON_BYTES):
+                        raise ModelError("the model info inside the file is too large.", file=str(path))
+                    text = zf.read(_INFO_ENTRY)
         elif _is_hdf5(path):
             import h5py
 
@@ -323,8 +327,8 @@ def vit_preset_problem(folder: str | os.PathLike) -> str | None:
     if not config_file.is_file() or not weights_file.is_file():
         return f"{path} is not a keras-hub preset folder (it needs config.json and model.weights.h5)."
     try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json_file(config_file, error=ModelError, what="preset config")
+    except (OSError, ModelError):
         return f"{config_file} is not valid JSON."
     config = data.get("config") if isinstance(data, Mapping) else None
     if not isinstance(data, Mapping) or data.get("class_name") != "ViTBackbone" or not isinstance(config, Mapping):
@@ -917,6 +921,51 @@ def _check_outputs(model: Any, info: ModelInfo, path: str) -> None:
                          fix=f"set input_size in {sidecar_path(path).name}.")
 
 
+#: Most a model file may inflate to (CXR_MAX_MODEL_BYTES; ViT-B/16, the largest backbone, is 350 MB) ...
+MAX_MODEL_BYTES = ("CXR_MAX_MODEL_BYTES", 2048 * MiB)
+#: ... and at most this many times the file's own size beyond 64 MB: weights barely compress (Keras stores
+#: them uncompressed), so a 3 MB file claiming 3 GB is a decompression bomb.
+MAX_MODEL_RATIO = 20
+
+
+def _inflation_limit(path: Path) -> int:
+    return min(limit(*MAX_MODEL_BYTES), 64 * MiB + MAX_MODEL_RATIO * path.stat().st_size)
+
+
+def _refuse_inflation(total: int, path: Path, where: str) -> None:
+    cap = _inflation_limit(path)
+    if total > cap:
+        raise ModelError(f"{where} would inflate to {total / MiB:.0f} MB, more than the {cap / MiB:.0f} MB a "
+                         f"{path.stat().st_size / MiB:.1f} MB model file may hold (a decompression bomb or a damaged "
+                         "file); refused before reading it.", file=str(path),
+                         fix=f"use the original model file (the limit is {MAX_MODEL_BYTES[0]}).")
+
+
+def _check_inflated_size(members: Sequence[zipfile.ZipInfo], path: Path) -> None:
+    """Refuse a zip whose members' sizes (central directory) pass the model limit. Python's zipfile never
+    reads a member past its declared size (a member that lies fails its CRC), so this bounds every read."""
+    _refuse_inflation(sum(max(0, m.file_size) for m in members), path, "its contents")
+
+
+def _check_h5_sizes(handle: Any, path: Path) -> None:
+    """Refuse HDF5 weights whose datasets (shape x item size, from the metadata) pass the model limit:
+    HDF5 compresses datasets internally, so a small file can hold gigabytes of zeros."""
+    import h5py
+
+    total = [0]
+
+    def add(_name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            total[0] += int(np.prod(item.shape, dtype=np.float64)) * item.dtype.itemsize
+
+    try:
+        with h5py.File(handle, "r") as f:
+            f.visititems(add)
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # not readable as HDF5: the loader says so with its own message
+    _refuse_inflation(total[0], path, "its weights")
+
+
 def _load_keras_zip(path: Path) -> Any:
     import keras
 
@@ -925,8 +974,15 @@ def _load_keras_zip(path: Path) -> Any:
             names = zf.namelist()
             if "config.json" not in names:
                 raise ModelError("the zip file is not a Keras model (no config.json).", file=str(path))
-            config = json.loads(zf.read("config.json"))
-            bad = zf.testzip()
+            _check_inflated_size(zf.infolist(), path)
+            if zf.getinfo("config.json").file_size > limit(*MAX_JSON_BYTES):
+                raise ModelError("the model's config.json is too large.", file=str(path),
+                                 fix=f"check the file, or raise {MAX_JSON_BYTES[0]}.")
+            config = parse_json(zf.read("config.json"), error=ModelError, file=str(path), what="model's config.json")
+            bad = zf.testzip()  # reads every member, no further than its declared (now checked) size
+            if "model.weights.h5" in names and zf.getinfo("model.weights.h5").compress_type == zipfile.ZIP_STORED:
+                with zf.open("model.weights.h5") as weights:
+                    _check_h5_sizes(weights, path)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ModelError(f"the .keras file is truncated or damaged ({type(err).__name__}).", file=str(path),
                          fix="download or copy the file again.") from None
@@ -958,6 +1014,8 @@ def _load_h5(path: Path, info: ModelInfo | None) -> tuple[Any, ModelInfo | None]
     """Keras 2/3 .h5: rebuild our architecture and load weights topologically."""
     import keras
 
+    with open(path, "rb") as handle:
+        _check_h5_sizes(handle, path)
     with _open_h5(path) as f:
         raw = f.attrs.get("model_config")
         keras_version = _decode(f.attrs.get("keras_version", b""))
@@ -965,9 +1023,10 @@ def _load_h5(path: Path, info: ModelInfo | None) -> tuple[Any, ModelInfo | None]
     config = None
     if raw is not None:
         try:
-            config = json.loads(_decode(raw))
-        except json.JSONDecodeError:
-            raise ModelError("the model configuration inside the .h5 file is damaged.", file=str(path)) from None
+            config = parse_json(_decode(raw), error=ModelError, file=str(path), what="model configuration")
+        except ModelError as err:
+            raise ModelError(f"the model configuration inside the .h5 file is damaged ({err.problem})",
+                             file=str(path)) from None
         unsafe = _scan_unsafe(config)
         if unsafe:
             raise ModelError(f"the model contains a {unsafe} layer, which runs arbitrary Python code on load; "
@@ -1014,16 +1073,12 @@ def load_model(path: str | os.PathLike, info: ModelInfo | None = None) -> Loaded
     including a label list that does not match the outputs, is a ModelError.
     """
     p = Path(path)
-    if not p.exists():
-        raise ModelError("the model file does not exist.", file=str(p), fix="check the path.")
-    if not p.is_file():
-        raise ModelError("this is a folder, not a model file.", file=str(p))
-    if p.stat().st_size == 0:
+    with open_for_reading(p, error=ModelError, what="model file") as fh:  # missing, a folder, a pipe, a device
+        magic = fh.read(8)
+    if not magic:
         raise ModelError("the model file is empty (0 bytes).", file=str(p), fix="copy or download it again.")
     if info is None:
         info = read_model_info(p)
-    with open(p, "rb") as fh:
-        magic = fh.read(8)
     if magic.startswith(b"PK\x03\x04"):
         model = _load_keras_zip(p)
     elif magic == b"\x89HDF\r\n\x1a\n":
@@ -1052,9 +1107,8 @@ def save_model(model: "keras.Model", info: ModelInfo, path: str | os.PathLike) -
                          fix=f"save to {p.with_suffix('.keras').name}.")
     _check_outputs(model, info, str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".tmp.keras", dir=p.parent)
+    fd, tmp = make_temp(p, suffix=".tmp.keras")  # the user's umask, not mkstemp's 0600
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:

@@ -349,6 +349,11 @@ def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) ->
                            fix="set the image folder to where the PNG files are.")
     names = [str(n) for n in frame["Image"].tolist()]
     paths, missing = _locate(names, root)
+    special = [names[i] for i in missing if os.path.exists(paths[i]) and not os.path.isdir(paths[i])]
+    if special:  # a named pipe would block the reader forever, a device (/dev/zero) never ends
+        raise DatasetError(f"{len(special)} image(s) are not regular files (a named pipe, a device or a socket): "
+                           f"{', '.join(special[:5])}.", file=str(root), column="Image",
+                           fix="replace them with the image files themselves.")
     if missing:
         raise DatasetError(missing_summary([names[i] for i in missing], len(names)) + ".",
                            file=str(root), column="Image",

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import csv
 import difflib
-import gzip
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +28,7 @@ import pandas as pd
 
 from cxrcore.errors import DataWarning, PredictionsError
 from cxrcore.export import FORMULA_START, neutralize_cell
+from cxrcore.fileio import make_temp, read_table_bytes
 from cxrcore.labels import LABELS, canonical_label
 
 IMAGE = "Image"
@@ -89,21 +88,14 @@ class Aligned:
 
 
 def _read_text(source: str | Path | bytes, display: str) -> str:
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
+    if not isinstance(source, (bytes, bytearray)):
         path = Path(source)
         if not path.exists():
             raise PredictionsError("file not found.", file=display, fix="check the path of the predictions file.")
         if path.is_dir():
             raise PredictionsError("is a folder, not a predictions file.", file=display,
                                    fix="point at the .csv file inside it.")
-        data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise PredictionsError(f"the gzip file is damaged ({err}).", file=display, fix="write it again.") from None
+    data = read_table_bytes(source, error=PredictionsError, file=display, what="predictions file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -171,7 +163,7 @@ def _class_columns(header: list[str], image_col: int, display: str) -> tuple[dic
     ignored: list[str] = []
     label_keys = {_key(label): label for label in LABELS}
     for i, column in enumerate(header):
-        if i == image_col:
+        if i == image_col or not column:  # an empty name: a trailing comma on every line, nothing to ignore
             continue
         prefixed = column.lower().startswith(PROB_PREFIX)
         bare = column[len(PROB_PREFIX):] if prefixed else column
@@ -382,7 +374,7 @@ def write_predictions(path: str | Path, images: Sequence[str], probs: np.ndarray
         raise PredictionsError("an image name is given twice.", file=str(path), fix="write one row per image.")
     header = [IMAGE] + [f"{PROB_PREFIX}{c}" for c in canon]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".csv", dir=path.parent)
+    fd, tmp = make_temp(path, suffix=".csv")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")

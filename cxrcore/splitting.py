@@ -24,6 +24,7 @@ import pandas as pd
 from cxrcore.audit import class_balance, count_leaked
 from cxrcore.dataset import FORMAT_LIST, FORMAT_ONEHOT, IMAGE, PATIENT, Split, write_split
 from cxrcore.errors import DatasetError
+from cxrcore.fileio import atomic_write_text, refuse_overwriting_inputs, writing
 from cxrcore.labels import LABELS
 
 #: Fractions must add up to 1 within this.
@@ -649,21 +650,22 @@ def write_outputs(result: SplitResult, out_dir: str | Path, *, protect: Iterable
     names = [output_name(s) for s in kept] + [REPORT_JSON, REPORT_MD]
     root = out.resolve()
     targets = [(root / n).resolve() for n in names]
-    protected = {Path(p).resolve() for p in protect}
     for path in targets:
         if path.parent != root:
             raise DatasetError(f"output '{path.name}' would land outside the output folder.", file=str(out),
                                fix="use plain split names.")
-        if path in protected:
-            raise DatasetError(f"writing {path.name} would overwrite an input file.", file=str(path),
-                               fix="choose another --out folder.")
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_overwriting_inputs(targets, protect)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     _list_note(result)
     result.report.files = names
     for split, path in zip(kept, targets):
-        write_split(split, split.frame, path)
-    targets[-2].write_text(result.report.to_json() + "\n", encoding="utf-8")
-    targets[-1].write_text(result.report.render("markdown"), encoding="utf-8")
+        with writing(path):
+            write_split(split, split.frame, path)
+    with writing(targets[-2]):
+        atomic_write_text(targets[-2], result.report.to_json() + "\n")
+    with writing(targets[-1]):
+        atomic_write_text(targets[-1], result.report.render("markdown"))
     return targets
 
 

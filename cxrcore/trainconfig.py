@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from cxrcore.catalog import describe_folder
 from cxrcore.dataset import parse_split_spec
 from cxrcore.errors import ConfigError
+from cxrcore.fileio import MAX_JSON_BYTES, limit, parse_json, read_file_bytes
 from cxrcore.labels import LABELS, canonical_label
 from cxrcore.model import BACKBONE_LABELS, BACKBONES  # no Keras import: cxrcore.model imports Keras lazily
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
@@ -586,20 +587,21 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config file not found.", file=str(p), fix="check the path (TOML or JSON).")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    raw = read_file_bytes(p, error=ConfigError, what="config file", max_bytes=limit(*MAX_JSON_BYTES),
+                          env=MAX_JSON_BYTES[0])
     if p.suffix.lower() == ".toml":
+        text = raw.decode("utf-8", errors="replace")
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"is not valid TOML ({err}).", file=str(p),
                               fix='write one setting per line, e.g. epochs = 5 and preset = "demo".') from None
+        except RecursionError:
+            raise ConfigError("is not valid TOML (nested too deeply).", file=str(p),
+                              fix='write one setting per line, e.g. epochs = 5 and preset = "demo".') from None
     if p.suffix.lower() != ".json":
         raise ConfigError("unknown config format.", file=str(p), fix="use a .toml or .json file.")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"is not valid JSON ({err.msg}).", file=str(p), rows=[err.lineno],
-                          fix='write a JSON object, e.g. {"preset": "demo", "dataset": "data/demo"}.') from None
+    data = parse_json(raw, error=ConfigError, file=str(p), what="config file")
     if not isinstance(data, dict):
         raise ConfigError("must hold a JSON object of settings.", file=str(p), fix='write e.g. {"preset": "demo"}.')
     return data
@@ -612,8 +614,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"'{text}' is not KEY=VALUE.", fix="write e.g. --set epochs=3 --set backbone=small_cnn.")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = parse_json(raw, error=ConfigError, file=None, what="value")
+    except ConfigError:
         value = raw
     return key, value
 

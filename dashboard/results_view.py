@@ -21,8 +21,9 @@ import streamlit as st
 
 from cxrcore.dataset import Split, load_split, parse_split_spec
 from cxrcore.delong import Comparison, compare_models
-from cxrcore.errors import ConfigError, DatasetError
+from cxrcore.errors import ConfigError, DatasetError, PredictionsError
 from cxrcore.export import csv_text
+from cxrcore.fileio import MAX_JSON_BYTES, MAX_TABLE_BYTES, limit, open_for_reading, parse_json, read_file_bytes
 from cxrcore.labels import LABELS, canonical_label
 from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
@@ -130,9 +131,9 @@ def uploaded_labels() -> dict[str, Split]:
 def looks_like_predictions(path: Path) -> bool:
     """Cheap header check: an image column and at least one `<Label>` or `prob_<Label>` column."""
     try:
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
-            first = handle.readline(65_536)
-    except OSError:
+        with open_for_reading(path, error=PredictionsError, what="predictions file") as handle:
+            first = handle.readline(65_536).decode("utf-8-sig", errors="replace")
+    except (OSError, PredictionsError):  # unreadable, a pipe, a device: not offered
         return False
     try:
         header = next(csv.reader([first]), [])
@@ -221,11 +222,7 @@ def sidecar_path(path: Path) -> Path | None:
 
 def parse_sidecar(data: bytes | str, display: str, base: Path | None = None) -> dict:
     """The training metadata of a sidecar JSON; a relative `train_split` path is made absolute against `base`."""
-    try:
-        meta = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"is not valid JSON ({err}).", file=display,
-                          fix="write the sidecar as a JSON object.") from None
+    meta = parse_json(data, error=ConfigError, file=display, what="sidecar")
     if not isinstance(meta, dict):
         raise ConfigError("is not a JSON object.", file=display,
                           fix='write e.g. {"train_split": "train.csv"} or {"train_patients": [1, 2]}.')
@@ -322,12 +319,15 @@ def choose_sources(taken: Iterable[str] = ()) -> tuple[dict[str, Predictions], d
     for name in chosen:
         path = found[name]
         with user_errors(f"model '{name}'"):
-            sources[name] = read_prediction_bytes(path.read_bytes(), str(path))
+            data = read_file_bytes(path, error=PredictionsError, what="predictions file",
+                                   max_bytes=limit(*MAX_TABLE_BYTES), env=MAX_TABLE_BYTES[0])
+            sources[name] = read_prediction_bytes(data, str(path))
         if name in sources:
             side = sidecar_path(path)
             if side is not None:
                 with user_errors(f"model '{name}', training metadata"):
-                    training[name] = parse_sidecar(side.read_bytes(), str(side), base=side.parent)
+                    meta = read_file_bytes(side, error=ConfigError, what="sidecar", max_bytes=limit(*MAX_JSON_BYTES))
+                    training[name] = parse_sidecar(meta, str(side), base=side.parent)
     jsons = {n: data for n, data in uploads if n.lower().endswith(".json")}
     csvs = [(n, data) for n, data in uploads if not n.lower().endswith(".json")]
     named = unique_names([Path(n) for n, _ in csvs], taken=[*taken, *sources])

@@ -22,6 +22,7 @@ import streamlit as st
 
 from cxrcore import jobs, preflight
 from cxrcore.errors import ConfigError
+from cxrcore.fileio import parse_json
 from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
 from cxrcore.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
@@ -79,8 +80,8 @@ def demo_overrides() -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
+        data = parse_json(raw, error=ConfigError, file=None, what=DEMO_OVERRIDES_ENV)
+    except ConfigError:
         raise ConfigError(f"{DEMO_OVERRIDES_ENV} is not valid JSON.", fix='set it to e.g. {"epochs": 2}.') from None
     if not isinstance(data, dict):
         raise ConfigError(f"{DEMO_OVERRIDES_ENV} must be a JSON object.", fix='set it to e.g. {"epochs": 2}.')

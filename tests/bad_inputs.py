@@ -791,7 +791,7 @@ MODEL_CASES = [
          reason="the model has no label list", page=MODELS_ROOT),
     Case("model_sidecar_not_json", "model", "good .keras, info JSON cut to '{'",
          _with_sidecar("bad.keras", _bytes(lambda w: w.model.read_bytes()), "{"), cam_model_argv,
-         reason="bad.json: the model info is not valid JSON", page=MODELS_ROOT),
+         reason="bad.json: the model info is damaged: not valid JSON", page=MODELS_ROOT),
     Case("model_sidecar_unknown_label", "model", "good .keras, info JSON with the label 'Broken Leg'",
          _with_sidecar("bad.keras", _bytes(lambda w: w.model.read_bytes()), _tiny_info(labels=["Broken Leg"])),
          cam_model_argv, reason="unknown label 'Broken Leg'", page=MODELS_ROOT),
@@ -945,7 +945,312 @@ PREDICTION_CASES = [
          _csv("split.csv", lambda: b""), predict_split_argv, reason="the file is empty"),
 ]
 
-CASES: list[Case] = CSV_CASES + IMAGE_CASES + MODEL_CASES + PREDICTION_CASES
+# ---------------------------------------------------------------------------------------------
+# Hostile files (issue #21): deep JSON, decompression bombs, pipes and devices, outputs over inputs,
+# misleading messages. Every guard is one function of cxrcore/fileio.py; these prove each is used.
+
+DEEP = 100_000  # levels of nesting: json.loads raised RecursionError
+
+
+def _deep_json() -> str:
+    return "[" * DEEP + "]" * DEEP
+
+
+def _deep_object(key: str = "a") -> str:
+    return f'{{"{key}": ' * DEEP + "1" + "}" * DEEP
+
+
+def _keras_with(world: World, **members: bytes) -> bytes:
+    """The tiny .keras model with some zip members replaced by the given bytes, deflated."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(world.model) as source, zipfile.ZipFile(buffer, "w") as zf:
+        for item in source.infolist():
+            if item.filename in members:
+                info = zipfile.ZipInfo(item.filename)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, members[item.filename])
+            else:
+                zf.writestr(item, source.read(item))
+    return buffer.getvalue()
+
+
+#: Inflated size of the bombs: above the 64 MB caps, yet cheap to build and refuse (a test checks memory).
+BOMB_BYTES = 80 << 20
+
+
+def _gzip_bomb(header: bytes) -> Callable[[], bytes]:
+    def make() -> bytes:
+        return gzip.compress(header + b"0" * BOMB_BYTES, compresslevel=1)
+    return make
+
+
+def _h5_bomb(path: Path, world: World) -> None:
+    """A Keras-looking .h5 whose one dataset is 80 MB of zeros compressed by HDF5 itself (about 100 kB)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"dense"]
+        group = f.create_group("dense")
+        group.attrs["weight_names"] = [b"dense/kernel:0"]
+        group.create_dataset("dense/kernel:0", shape=(BOMB_BYTES // 4 // 14, 14), dtype="float32",
+                             compression="gzip", chunks=(4096, 14), fillvalue=0)
+
+
+def _fifo(name: str) -> Builder:
+    def build(folder: Path, world: World) -> Path:
+        import os
+
+        path = folder / name
+        os.mkfifo(path)
+        return path
+    return build
+
+
+def _link_to(target: str, name: str, sidecar: bool = False) -> Builder:
+    def build(folder: Path, world: World) -> Path:
+        path = folder / name
+        path.symlink_to(target)
+        if sidecar:
+            path.with_suffix(".json").write_text(_tiny_info(), encoding="utf-8")
+        return path
+    return build
+
+
+def _image_folder_with_fifo(folder: Path, world: World) -> Path:
+    """A copy of the world's image folder where one image of the split is a named pipe."""
+    import os
+
+    images = _image_folder("fifo", None)(folder, world)
+    os.mkfifo(images / pd.read_csv(world.labels)["Image"].iloc[2])
+    return images
+
+
+def _special_reported(run: Outcome) -> None:
+    """exit 0, the named pipe listed as unreadable (never opened), the other images checked"""
+    report = json.loads(run.stdout)
+    unreadable = [item for items in report["images"]["unreadable"].values() for item in items]
+    assert len(unreadable) == 1 and "named pipe" in unreadable[0]["problem"], unreadable
+
+
+def _runs_with_deep_status(folder: Path, world: World) -> Path:
+    """A runs root: one run whose status.json nests 100,000 levels deep, one without status.json."""
+    runs = folder / "runs"
+    for run, status in (("20260101-000000-deep-0001", _deep_object("state")), ("20260101-000000-other-0002", None)):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "config.json").write_text(json.dumps({"preset": "demo"}), encoding="utf-8")
+        if status is not None:
+            (runs / run / "status.json").write_text(status, encoding="utf-8")
+    return runs / "20260101-000000-deep-0001" / "status.json"
+
+
+def _both_runs_listed(run: Outcome) -> None:
+    """exit 0: the run with the deep status.json listed as broken with the reason, the other run listed too"""
+    listed = json.loads(run.stdout)
+    runs = listed["runs"] if isinstance(listed, dict) else listed
+    text = json.dumps(runs)
+    assert "20260101-000000-deep-0001" in text and "20260101-000000-other-0002" in text, text
+    assert "nests 1000" in text and "RecursionError" not in text, text
+
+
+def _dicom_corrupt_jpeg() -> bytes:
+    """A DICOM declaring JPEG Baseline pixel data (a codec is installed: Pillow) whose frame is garbage."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = "Bad^Input", "0001", "DX"
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4])
+    ds["PixelData"].is_undefined_length = True
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _no_codec_advice(run: Outcome) -> None:
+    assert "install" not in run.stderr and "codec" not in run.stderr, run.stderr
+
+
+def _no_setting_named(run: Outcome) -> None:
+    assert "max_pixels" not in run.stderr, run.stderr
+
+
+def _trailing_commas(rows: list[list[str]]) -> list[list[str]]:
+    return [r + [""] for r in rows]
+
+
+def _no_warning(then: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
+    def check(run: Outcome) -> None:
+        assert run.stderr == "", run.stderr
+        then(run)
+    check.__doc__ = f"no warning, {(then.__doc__ or '').strip()[:1].lower()}{(then.__doc__ or '').strip()[1:]}"
+    return check
+
+
+def _copy_of(source: Callable[[World], Path], name: str) -> Builder:
+    def build(folder: Path, world: World) -> Path:
+        path = folder / name
+        shutil.copy(source(world), path)
+        return path
+    return build
+
+
+def _overlapping_shard(folder: Path, world: World) -> Path:
+    """A shard holding the first two images of the world's predictions again."""
+    lines = world.predictions.read_text(encoding="utf-8").splitlines(keepends=True)
+    path = folder / "shard2.csv"
+    path.write_text("".join(lines[:3]), encoding="utf-8")
+    return path
+
+
+def _model_copy(folder: Path, world: World) -> Path:
+    path = folder / "model.keras"
+    shutil.copy(world.model, path)
+    shutil.copy(world.model.with_suffix(".json"), folder / "model.json")
+    (folder / "map.png").symlink_to(path)  # --out map.png leads to the model
+    return path
+
+
+def _hard_linked_labels(folder: Path, world: World) -> Path:
+    import os
+
+    path = folder / "labels.csv"
+    shutil.copy(world.labels, path)
+    os.link(path, folder / "predictions.csv")  # another name, the same file
+    return path
+
+
+def _a_file(name: str) -> Builder:
+    def build(folder: Path, world: World) -> Path:
+        path = folder / name
+        path.write_text("a file, not a folder\n", encoding="utf-8")
+        return path
+    return build
+
+
+HOSTILE_CASES = [
+    # 1. deeply nested JSON
+    Case("json_deep_sidecar", "json", "good .keras, its <model>.json nested 100,000 levels deep",
+         _with_sidecar("bad.keras", _bytes(lambda w: w.model.read_bytes()), _deep_json()), cam_model_argv,
+         reason=r"bad.json: the model info nests 100000 levels deep", page=MODELS_ROOT),
+    Case("json_deep_keras_config", "json", ".keras whose config.json nests 100,000 levels deep",
+         _with_sidecar("bad.keras", _bytes(lambda w: _keras_with(w, **{"config.json": _deep_object().encode()}))),
+         cam_model_argv, reason=r"bad.keras: the model's config.json nests 100000 levels deep", page=MODELS_ROOT),
+    Case("json_deep_keras_info", "json", ".keras without sidecar, the info inside nested 100,000 levels deep",
+         _with_sidecar("bad.keras", _bytes(lambda w: _keras_with(w, **{"cxrcore_info.json": _deep_json().encode()})),
+                       ""),
+         cam_model_argv, reason=r"bad.keras: the model info nests 100000 levels deep", page=MODELS_ROOT),
+    Case("json_deep_train_config", "json", "train --config: a JSON config nested 100,000 levels deep",
+         _csv("config.json", lambda: _deep_object("epochs").encode()),
+         lambda bad, out, world: ["train", "--config", str(bad), "--dry-run"],
+         reason=r"config.json: the config file nests 100000 levels deep"),
+    Case("json_deep_run_status", "json", "train --list: one run's status.json nested 100,000 levels deep",
+         _runs_with_deep_status, lambda bad, out, world: ["train", "--list", "--runs-root",
+                                                          str(bad.parent.parent), "--format", "json"],
+         outcome=ACCEPTED, check=_both_runs_listed),
+    # 2. decompression bombs and oversized fields
+    Case("csv_gzip_bomb", "csv", f".csv.gz of 80 kB inflating to {BOMB_BYTES >> 20} MB",
+         _csv("split.csv.gz", _gzip_bomb(b"Image,PatientId\n")), audit_argv,
+         reason=r"inflates to more than 64 MB .*refused before inflating it all", page=HOME_UPLOAD),
+    Case("csv_huge_field", "csv", "one 300 kB field in a labels row",
+         _csv("split.csv", lambda: to_csv_bytes(course_frame()) + b"x" * 300_000 + b",1\n"), audit_argv,
+         reason=r"line 12 is 293 kB long", page=HOME_UPLOAD),
+    Case("pred_gzip_bomb", "predictions", f"predictions .csv.gz inflating to {BOMB_BYTES >> 20} MB",
+         _csv("preds.csv.gz", _gzip_bomb(b"Image,prob_Atelectasis\n")), evaluate_argv,
+         reason="inflates to more than 64 MB", page=RESULTS_UPLOAD),
+    Case("model_zip_bomb", "model", f".keras whose weights member inflates to {BOMB_BYTES >> 20} MB (about 80 kB)",
+         _with_sidecar("bad.keras", _bytes(lambda w: _keras_with(w, **{"model.weights.h5": b"\0" * BOMB_BYTES}))),
+         cam_model_argv, reason=r"would inflate to 80 MB, more than the 6\d MB .*refused before reading it",
+         page=MODELS_ROOT),
+    Case("model_h5_bomb", "model", f".h5 whose HDF5-compressed dataset holds {BOMB_BYTES >> 20} MB of zeros",
+         _with_sidecar("bad.h5", _h5_bomb), cam_model_argv, reason=r"its weights would inflate to 80 MB",
+         page=MODELS_ROOT),
+    # 5. pipes and devices
+    Case("image_fifo", "image", "--image is a named pipe (FIFO)", _fifo("scan.png"), cam_image_argv,
+         reason=r"this is a named pipe \(FIFO\), not an image file"),
+    Case("image_dev_zero", "image", "--image is a link to /dev/zero", _link_to("/dev/zero", "scan.png"),
+         cam_image_argv, reason=r"this is a device \(like /dev/zero\), not an image file"),
+    Case("model_fifo", "model", "--model is a named pipe", _fifo("bad.keras"), cam_model_argv,
+         reason=r"named pipe \(FIFO\), not a model file"),
+    Case("model_dev_zero", "model", "--model is a link to /dev/zero (was called 'a folder')",
+         _link_to("/dev/zero", "bad.keras", sidecar=True), cam_model_argv,
+         reason=r"this is a device \(like /dev/zero\), not a model file"),
+    Case("csv_fifo", "csv", "a labels file that is a named pipe", _fifo("split.csv"), audit_argv,
+         reason=r"named pipe \(FIFO\), not a labels file"),
+    Case("pred_dev_zero", "predictions", "a predictions file linked to /dev/zero", _link_to("/dev/zero", "preds.csv"),
+         evaluate_argv, reason=r"a device \(like /dev/zero\), not a predictions file"),
+    Case("predict_fifo_in_images", "image", "predict: one image of the folder is a named pipe",
+         _image_folder_with_fifo, predict_images_argv,
+         reason=r"1 image\(s\) are not regular files \(a named pipe"),
+    Case("audit_fifo_in_images", "image", "audit --images: one image of the folder is a named pipe",
+         _image_folder_with_fifo, audit_images_argv, outcome=ACCEPTED,
+         check=_special_reported),
+    # 3. outputs over inputs (the snapshot proves the input is unchanged)
+    Case("out_predict_over_labels", "output", "predict --out naming its own labels file",
+         _copy_of(lambda w: w.labels, "labels.csv"),
+         lambda bad, out, world: ["predict", "--model", str(world.model), "--split", str(bad), "--images",
+                                  str(world.images), "--out", str(bad), "--quiet"],
+         reason=r"would overwrite an input file .*labels.csv"),
+    Case("out_predict_over_hard_link", "output", "predict --out naming a hard link to its labels file",
+         _hard_linked_labels, lambda bad, out, world: ["predict", "--model", str(world.model), "--split", str(bad),
+                                                       "--images", str(world.images), "--out",
+                                                       str(bad.parent / "predictions.csv"), "--quiet"],
+         reason=r"predictions.csv: writing here would overwrite an input file .*labels.csv"),
+    Case("out_cam_over_image", "output", "cam --out naming the input X-ray",
+         _copy_of(lambda w: w.gray, "scan.png"),
+         lambda bad, out, world: ["cam", "--model", str(world.model), "--image", str(bad), "--out", str(bad),
+                                  "--quiet"], reason=r"would overwrite an input file .*scan.png"),
+    Case("out_cam_over_model", "output", "cam --out naming a link to the model", _model_copy,
+         lambda bad, out, world: ["cam", "--model", str(bad), "--image", str(world.gray), "--out",
+                                  str(bad.parent / "map.png"), "--quiet"],
+         reason=r"would overwrite an input file .*model.keras"),
+    Case("out_merge_over_shard", "output", "predict --merge --out naming one of the shards",
+         _copy_of(lambda w: w.predictions, "shard1.csv"),
+         lambda bad, out, world: ["predict", "--merge", str(bad), str(world.predictions), "--out", str(bad)],
+         reason=r"would overwrite an input file .*shard1.csv"),
+    # 6. messages that mislead
+    Case("merge_overlapping_shards", "predictions", "predict --merge: two shards holding the same images",
+         _overlapping_shard, merge_argv, reason=r"shard2.csv: image '.*' is also predicted in .*predictions.csv"),
+    Case("out_is_a_folder", "output", "predict --out naming a folder (checked before predicting)",
+         _folder("predictions.csv"),
+         lambda bad, out, world: ["predict", "--model", str(world.model), "--split", str(world.labels),
+                                  "--images", str(world.images), "--out", str(bad), "--quiet"],
+         reason=r"predictions.csv: is a folder, not a file"),
+    Case("out_under_a_file", "output", "cam --out inside a path whose folder is a file",
+         _a_file("notes.txt"), lambda bad, out, world: ["cam", "--model", str(world.model), "--image",
+                                                        str(world.gray), "--out", str(bad / "map.png"), "--quiet"],
+         reason=r"notes.txt/map.png: cannot be written: a part of its path is a file, not a folder"),
+    Case("image_dicom_corrupt_jpeg", "image", "DICOM with JPEG pixel data (a codec is installed) that is garbage",
+         _image("study.dcm", _dicom_corrupt_jpeg), cam_image_argv,
+         reason=r"the DICOM pixel data cannot be decoded.*the file is damaged", check=_no_codec_advice),
+    Case("image_144_megapixels", "image", "PNG header claiming 12000x12000 (144 megapixels)",
+         _image("big.png", lambda: png_claiming(12000, 12000)), cam_image_argv,
+         reason=r"144\.0 megapixels.*Fix: downscale the image below 50 megapixels", check=_no_setting_named,
+         no_decoding=True),
+    Case("pred_trailing_commas", "predictions", "a trailing comma on every line (an empty last column)",
+         _predictions(_trailing_commas), evaluate_argv, outcome=ACCEPTED, check=_no_warning(_same_auroc)),
+    Case("labels_are_predictions", "csv", "a predictions file given as --labels",
+         _copy_of(lambda w: w.predictions, "preds.csv"),
+         lambda bad, out, world: ["evaluate", "--labels", str(bad), "--predictions", str(world.predictions),
+                                  "--bootstrap", "0"],
+         reason=r"looks like a predictions file .*not a labels file.*--predictions"),
+]
+
+
+CASES: list[Case] = CSV_CASES + IMAGE_CASES + MODEL_CASES + PREDICTION_CASES + HOSTILE_CASES
 BY_ID = {case.id: case for case in CASES}
 assert len(BY_ID) == len(CASES), "case ids must be unique"
 

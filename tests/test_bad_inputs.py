@@ -173,7 +173,7 @@ def test_the_corpus_covers_the_issue():
     """At least 45 cases, every kind, and the valid-but-unusual inputs are accepted, not refused."""
     assert len(CASES) >= 45
     kinds = {c.kind for c in CASES}
-    assert kinds == {"csv", "image", "model", "predictions"}
+    assert kinds == {"csv", "image", "model", "predictions", "json", "output"}
     accepted = {c.id for c in CASES if c.outcome == ACCEPTED}
     assert {"csv_bom", "csv_extra_columns", "image_16bit", "image_rgba", "csv_million_rows"} <= accepted
 

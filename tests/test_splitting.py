@@ -16,7 +16,7 @@ import pytest
 from cxrcore.audit import count_leaked
 from cxrcore.cli import main
 from cxrcore.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
-from cxrcore.errors import DatasetError
+from cxrcore.errors import DatasetError, OutputError
 from cxrcore.labels import LABELS
 from cxrcore.splitting import (
     REPORT_JSON,
@@ -366,7 +366,7 @@ def test_list_outputs_round_trip_and_pooling(tmp_path):
 def test_outputs_never_overwrite_inputs_and_zip(tmp_path):
     _, splits, paths = hand_made_splits(tmp_path)
     result = repair_leakage(splits)
-    with pytest.raises(DatasetError, match="overwrite an input"):
+    with pytest.raises(OutputError, match="overwrite an input"):
         write_outputs(result, tmp_path, protect=paths.values())
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DatasetError, match="not a folder"):

@@ -5,7 +5,7 @@ import io
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 def _writes_to_fd2(stream: object) -> bool:
@@ -46,3 +46,18 @@ def quiet_native_stderr() -> Iterator[None]:
                 sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def input_files(*paths: str | os.PathLike | None, specs: Iterable[str] = (), models: Iterable[str | None] = ()) -> list[str]:
+    """Every file a command reads, so that none of them is overwritten by its output: the given paths, the
+    files of NAME=FILE / NAME=TABLE@LIST split specs, and each model with its `<model>.json` info."""
+    from cxrcore.dataset import parse_split_spec
+
+    files = [os.fspath(p) for p in paths if p]
+    for spec in specs:
+        _, file, list_file = parse_split_spec(spec)
+        files += [file] + ([list_file] if list_file else [])
+    for model in models:
+        if model:
+            files += [model, os.path.splitext(model)[0] + ".json"]
+    return files

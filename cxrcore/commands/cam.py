@@ -160,7 +160,11 @@ def read_image(path: str):
 def run_single(args: argparse.Namespace) -> int:
     from cxrcore.boxes import boxes_for
     from cxrcore.cam import explain, png_bytes, top_labels
+    from cxrcore.commands import input_files
+    from cxrcore.fileio import atomic_write_bytes, check_output_file, writing
 
+    out = check_output_file(args.out, inputs=input_files(args.image, args.boxes, args.normalize_from,
+                                                         models=[args.model]))  # before any work
     image = read_image(args.image)
     loaded = _load(args)
     labels = args.classes
@@ -172,9 +176,8 @@ def run_single(args: argparse.Namespace) -> int:
     boxes = _boxes(args, None)
     own = boxes_for(boxes, Path(args.image).name) if boxes is not None else None
     fig = _figure(image, result, own, sorted(set(own["Label"])) if own is not None else [], args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(png_bytes(fig))
+    with writing(out):
+        atomic_write_bytes(out, png_bytes(fig))
     for label in result.labels:
         print(f"{label}\t{result.prob(label):.4f}")
     if not args.quiet:
@@ -232,16 +235,24 @@ def run_split(args: argparse.Namespace) -> int:
     from cxrcore.localization import deletion_test, localize_images, summarize_localization
     from cxrcore.pipeline import resolve_image_paths
 
+    from cxrcore.commands import input_files
+    from cxrcore.fileio import check_output_folder, writing
+
     split = load_named_splits([f"split={args.split}"])[0]
     frame = split.frame
     paths = resolve_image_paths(frame, args.images)
+    written = ["localization.csv", "localization_summary.csv", "faithfulness.csv", "faithfulness_auc.csv",
+               "report.md", "maps.csv", *(f"maps/{Path(p).stem}.png" for p in paths)]
+    check_output_folder(args.out, names=written, inputs=input_files(
+        args.boxes, args.normalize_from, *paths, specs=[f"split={args.split}"], models=[args.model]))
     by_name = {Path(p).name: p for p in paths}
     truth = {str(row["Image"]): [label for label in LABELS if row[label]] for _, row in frame.iterrows()}
     loaded = _load(args)
     boxes = _boxes(args, Path(args.split).parent)
     out = Path(args.out)
     maps_dir = out / "maps"
-    maps_dir.mkdir(parents=True, exist_ok=True)
+    with writing(maps_dir):
+        maps_dir.mkdir(parents=True, exist_ok=True)
 
     def progress(done: int, total: int, stage: str) -> None:
         if not args.quiet:

@@ -16,7 +16,6 @@ images so `evaluate --labels SPLIT@PREDS_images.txt` scores exactly those.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,16 +58,26 @@ def merge(parts: list[str], out: str) -> int:
     import numpy as np
 
     from cxrcore.errors import PredictionsError
+    from cxrcore.fileio import check_output_file, writing
     from cxrcore.predictions import read_predictions, write_predictions
 
+    target = check_output_file(out, inputs=parts)
     loaded = [read_predictions(p) for p in parts]
     labels = loaded[0].labels
-    for part in loaded[1:]:
+    shard_of: dict[str, str] = {}
+    for part in loaded:
         if list(part.labels) != list(labels):
             raise PredictionsError("shards predict different classes.", file=part.file,
                                    fix="merge outputs of the same model only.")
+        for name in part.images:
+            if name in shard_of:
+                raise PredictionsError(f"image '{name}' is also predicted in {shard_of[name]}: the shards overlap.",
+                                       file=part.file, fix="merge the outputs of one --shard I/N run each (the same "
+                                                           "N, every I once), or give each file once.")
+            shard_of[name] = part.file
     images = [name for part in loaded for name in part.images]
-    write_predictions(out, images, np.concatenate([part.probs for part in loaded]), labels=labels)
+    with writing(target):
+        write_predictions(target, images, np.concatenate([part.probs for part in loaded]), labels=labels)
     print(f"merged {len(parts)} file(s), {len(images)} images -> {out}", file=sys.stderr)
     return 0
 
@@ -84,12 +93,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"missing {', '.join(missing)}.", fix="see python -m cxrcore predict --help.")
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}.")
-    from cxrcore.commands import quiet_native_stderr
+    from cxrcore.commands import input_files, quiet_native_stderr
     from cxrcore.commands.audit import load_named_splits
+    from cxrcore.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, refuse_overwriting_inputs,
+                                writing)
     from cxrcore.inference import cached_predictions, fit_normalization
     from cxrcore.registry import describe_model
 
+    specs = [f"split={args.split}"] + ([f"train={args.normalize_from}"] if args.normalize_from else [])
+    inputs = input_files(specs=specs, models=[args.model])
+    out = check_output_file(args.out, inputs=inputs)  # before any work
+    listed = out.with_name(out.name.split(".")[0] + "_images.txt")  # written with --missing skip
+    if args.missing == "skip":
+        check_output_file(listed, inputs=inputs)
     split = load_named_splits([f"split={args.split}"])[0]
+    refuse_overwriting_inputs([out], [Path(args.images) / name for name in split.images])
     missing: list[str] = []
     if args.missing == "skip":
         split, missing = _present(split, args.images)
@@ -116,13 +134,13 @@ def run(args: argparse.Namespace) -> int:
     with quiet_native_stderr():  # TensorFlow's log lines when an image fails to decode
         path = cached_predictions(cache, entry.fingerprint, loaded, split, args.images, batch_size=args.batch,
                                   progress=progress)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, args.out)
+    with writing(out):
+        atomic_write_bytes(out, path.read_bytes())
     if args.no_cache:
         path.unlink(missing_ok=True)
     if missing:
-        listed = Path(args.out).with_name(Path(args.out).name.split(".")[0] + "_images.txt")
-        listed.write_text("\n".join(split.frame["Image"].astype(str)) + "\n", encoding="utf-8")
+        with writing(listed):
+            atomic_write_text(listed, "\n".join(split.frame["Image"].astype(str)) + "\n")
         print(f"--missing skip: {_summary(missing, len(split) + len(missing))}; the {len(split)} predicted images are "
               f"listed in {listed} (evaluate with --labels {args.split.split('@')[0]}@{listed})", file=sys.stderr)
     print(f"{len(split)} images -> {args.out}", file=sys.stderr)

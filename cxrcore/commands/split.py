@@ -37,18 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 
 
-def _input_files(specs: list[str]) -> list[str]:
-    """Every file named by NAME=FILE / NAME=TABLE@LIST specs (protected from being overwritten)."""
-    from cxrcore.dataset import parse_split_spec
-
-    files = []
-    for spec in specs:
-        _, file, list_file = parse_split_spec(spec)
-        files += [file] + ([list_file] if list_file else [])
-    return files
-
-
 def run(args: argparse.Namespace) -> int:
+    from cxrcore.commands import input_files
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.errors import ConfigError
     from cxrcore.splitting import parse_fractions, repair_leakage, stratify, write_outputs
@@ -75,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
         specs = [f"input{i}={spec}" if len(args.input) > 1 else f"input={spec}"
                  for i, spec in enumerate(args.input, 1)]
         result = stratify(load_named_splits(specs), fractions, seed=args.seed)
-    write_outputs(result, args.out, protect=_input_files(specs))
+    write_outputs(result, args.out, protect=input_files(specs=specs))
     sys.stdout.write(result.report.render(args.format))
     return 0

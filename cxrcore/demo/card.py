@@ -13,6 +13,8 @@ import pandas as pd
 
 from cxrcore.demo.config import (DEFAULT_PREVALENCE, DISTINCT_FINDINGS, NIH_PREVALENCE, OVERLAPPING_GROUPS,
                                  DemoConfig)
+from cxrcore.errors import ConfigError
+from cxrcore.fileio import read_json_file
 from cxrcore.labels import LABELS
 
 TEACHING_RESULTS = Path(__file__).with_name("teaching_results.json")
@@ -39,8 +41,8 @@ SIGNATURES: dict[str, str] = {
 def load_teaching_results(path: str | Path | None = None) -> dict | None:
     """The measured teaching numbers, or None when the benchmark has not been run."""
     try:
-        return json.loads(Path(path or TEACHING_RESULTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_file(Path(path or TEACHING_RESULTS), error=ConfigError, what="teaching results")
+    except (OSError, ConfigError):
         return None
 
 

@@ -6,8 +6,11 @@ whenever the marker or any file is missing, so an interrupted run is simply redo
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +24,8 @@ from cxrcore.demo.card import build_card
 from cxrcore.demo.cohort import Cohort, plan_cohort
 from cxrcore.demo.config import DemoConfig
 from cxrcore.demo.render import Box, Case, encode_png, render_case
-from cxrcore.errors import DatasetError
+from cxrcore.errors import ConfigError, DatasetError
+from cxrcore.fileio import MAX_TABLE_BYTES, limit, open_for_reading, read_json_file
 from cxrcore.labels import LABELS, NO_FINDING
 
 MARKER = ".complete"
@@ -174,8 +178,9 @@ def write_dataset(folder: Path, cohort: Cohort, boxes: list[list[Box]]) -> None:
 def read_marker(folder: str | Path) -> dict | None:
     """The completion marker of a demo folder as a dict, or None when missing or unreadable."""
     try:
-        return json.loads(Path(folder, MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json_file(Path(folder, MARKER), error=ConfigError, what=MARKER)
+        return data if isinstance(data, dict) else None
+    except (OSError, ConfigError):
         return None
 
 
@@ -193,8 +198,41 @@ def is_complete(folder: str | Path, config: DemoConfig | None = None) -> bool:
     if not images.is_dir():
         return False
     with os.scandir(images) as it:
-        count = sum(1 for entry in it if entry.name.endswith(".png"))
+        count = sum(1 for entry in it if _DEMO_IMAGE.match(entry.name))
     return count == int(marker.get("image_count", -1))
+
+
+#: How the demo set names its images (NIH style); a user's own file in images/ never counts as one of them.
+_DEMO_IMAGE = re.compile(r"^\d{8}_\d{3}\.png$")
+
+
+def _demo_images(folder: Path) -> set[str] | None:
+    """The image names the demo set in `folder` consists of (its Data_Entry.csv), None when unreadable."""
+    try:
+        with open_for_reading(folder / TABLE_FILE, error=DatasetError, what="demo table",
+                              max_bytes=limit(*MAX_TABLE_BYTES)) as handle:
+            rows = csv.reader(io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline=""))
+            next(rows, None)
+            return {row[0] for row in rows if row}
+    except (OSError, DatasetError, csv.Error):
+        return None
+
+
+def user_files(folder: Path) -> list[str]:
+    """Paths (relative to `folder`) of everything in a demo folder that is not part of its demo set:
+    what a person put there. Regenerating the set keeps them; only the set's own files are replaced."""
+    if not folder.is_dir():
+        return []
+    own = set(ALL_FILES) | {MARKER, IMAGES_DIR}
+    found = [p.name for p in folder.iterdir() if p.name not in own]
+    images = folder / IMAGES_DIR
+    if images.is_dir() and not images.is_symlink():
+        listed = _demo_images(folder)
+        for entry in images.iterdir():
+            ours = entry.name in listed if listed is not None else bool(_DEMO_IMAGE.match(entry.name))
+            if not ours or not entry.is_file():
+                found.append(f"{IMAGES_DIR}/{entry.name}")
+    return sorted(found)
 
 
 def _is_replaceable(folder: Path) -> bool:
@@ -204,7 +242,7 @@ def _is_replaceable(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     if (folder / MARKER).is_file():
-        return True
+        return True  # a demo set, whose other files user_files() keeps
     known = set(ALL_FILES) | {IMAGES_DIR, MARKER}
     return all(p.name in known for p in folder.iterdir())
 
@@ -232,25 +270,35 @@ def generate_demo_dataset(out_dir: str | Path, config: DemoConfig | None = None,
     """Generate the demo set into `out_dir` (replacing an older demo set there) and return its path.
 
     Writes into a hidden sibling folder and renames it into place when complete, so a reader never
-    sees a half-written set. Refuses to replace a folder that holds anything but a demo set.
+    sees a half-written set. Refuses to replace a folder that holds anything but a demo set; files a
+    person added to a demo set (notes, own images) are moved into the new set, never deleted.
     """
     config = config or DemoConfig()
     out = Path(out_dir).absolute()
     if not _is_replaceable(out):
         raise DatasetError("exists and is not a demo dataset; refusing to overwrite it.", file=str(out),
                            fix="choose another --out folder, or move that folder away.")
+    cohort = plan_cohort(config)
+    keep = user_files(out)
+    new_images = {f"{IMAGES_DIR}/{name}" for name in cohort.frame["Image"]}
+    clash = [rel for rel in keep if rel in new_images]
+    if clash:
+        raise DatasetError(f"{clash[0]} is not part of the demo set there, and the new set has an image of that "
+                           "name; refusing to replace it.", file=str(out),
+                           fix="move that file away, or choose another --out folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
     try:
         (tmp / IMAGES_DIR).mkdir(parents=True)
-        cohort = plan_cohort(config)
         boxes = render_images(cohort.cases(), config.size, tmp / IMAGES_DIR, workers, progress)
         write_dataset(tmp, cohort, boxes)
         if out.exists():
             if is_complete(out, config):  # another process finished the same set meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
                 return out
+            for rel in user_files(out):  # the person's files move into the new set (same file system)
+                os.rename(out / rel, tmp / rel)
             old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
             out.rename(old)
             tmp.rename(out)
