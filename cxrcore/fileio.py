@@ -208,8 +208,8 @@ def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, wh
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise error(f"the {what} is not UTF-8 text (byte {err.start}).", file=file, fix="write the file again.") \
-            from None
+        raise error(f"the {what} is damaged: not UTF-8 text (byte {err.start}).", file=file,
+                    fix="write the file again.") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -260,6 +260,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write through a temp file in the same folder, then os.replace (the temp file never stays behind).
     OSErrors propagate (training tells a full disk apart by errno); commands wrap calls in `writing`."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = make_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -303,35 +304,40 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
                           fix="choose an output path in a folder you can write to.") from None
 
 
+def _check_creatable(path: Path) -> None:
+    """OutputError unless `path` (a file or folder to be written) can be created: its nearest existing folder
+    is a folder we may write into. Nothing is created here, so a run that fails later leaves no trace."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError("cannot be written: a part of its path is a file, not a folder.", file=str(path),
+                          fix="choose an output path in a folder you can write to.")
+    if not os.access(ancestor, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError("cannot be written: permission denied.", file=str(path),
+                          fix="choose an output path in a folder you can write to.")
+
+
 def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check up front (before any long work) that `path` can be written as a file and is none of `inputs`:
-    OutputError naming it otherwise. Creates missing parent folders, as the commands always did."""
+    OutputError naming it otherwise. Missing folders are created when the file is written."""
     out = Path(path)
     refuse_overwriting_inputs([out], inputs)
     if out.is_dir():
         raise OutputError("is a folder, not a file.", file=str(out), fix="give a file name, e.g. add /out.csv.")
-    parent = out.parent
-    with writing(out):
-        parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise OutputError("cannot be written: permission denied.", file=str(out),
-                          fix="choose an output path in a folder you can write to.")
+    _check_creatable(out)
     return out
 
 
 def check_output_folder(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
                         names: Iterable[str] = ()) -> Path:
-    """Check up front that folder `path` can be created and written, and that none of the files it will
+    """Check up front that folder `path` can be created or written, and that none of the files it will
     hold (`names`) is one of `inputs`: OutputError naming it otherwise."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputError("is a file, not a folder.", file=str(out), fix="give a folder with --out.")
     refuse_overwriting_inputs([out / n for n in names], inputs)
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError("cannot be written: permission denied.", file=str(out),
-                          fix="choose an output folder you can write to.")
+    _check_creatable(out / "x")
     return out
 
 

@@ -356,6 +356,31 @@ def test_cli_generates_then_reports_up_to_date(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_regenerating_with_other_arguments_keeps_the_users_files(tmp_path, capsys, force):
+    """Only the files a demo set consists of are replaced: a person's notes, own image and sub-folder stay."""
+    from cxrcore.cli import main
+
+    out = tmp_path / "demo"
+    base = ["demo", "--out", str(out), "--size", "64", "--workers", "1", "--quiet"]
+    assert main([*base, "--images", "50"]) == 0
+    (out / "notes.txt").write_text("my notes")
+    (out / "mine").mkdir()
+    (out / "mine" / "result.csv").write_text("a,b\n")
+    (out / "images" / "my_scan.png").write_bytes(b"my own image")
+    assert main([*base, "--images", "60", *(["--force"] if force else [])]) == 0
+    assert is_complete(out, DemoConfig(images=60, size=64))
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "mine" / "result.csv").read_text() == "a,b\n"
+    assert (out / "images" / "my_scan.png").read_bytes() == b"my own image"
+    assert main(base[:-1] + ["--images", "60"]) == 0 and "already complete" in capsys.readouterr().out
+    # a file of the person's named like an image of the new set: refused, nothing lost
+    taken = out / "images" / plan_cohort(DemoConfig(images=70, size=64)).frame["Image"].iloc[-1]
+    assert not taken.exists()
+    taken.write_bytes(b"also mine")
+    assert main([*base, "--images", "70"]) == 2
+    assert "refusing to replace it" in capsys.readouterr().err and taken.read_bytes() == b"also mine"
+
+
 @pytest.mark.parametrize("bad", [["--size", "4096"], ["--prevalence", "Foo=0.1"], ["--workers", "0"]])
 def test_cli_invalid_arguments_exit_2_with_one_line(tmp_path, capsys, bad):
     from cxrcore.cli import main

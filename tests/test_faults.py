@@ -356,6 +356,9 @@ def make_runs_with_damage(runs: Path, dataset: Path) -> tuple[Path, dict[str, st
     run = jobs.create_run(runs, config, run_id="missing-config")
     (run / jobs.CONFIG_FILE).unlink()
     problems[run.name] = "config.json is missing"
+    run = jobs.create_run(runs, config, run_id="deep-status")  # json.loads raised RecursionError: no runs list
+    (run / jobs.STATUS_FILE).write_text('{"state": ' * 100_000 + '"x"' + "}" * 100_000)
+    problems[run.name] = "status.json nests 100000 levels deep"
     (runs / "20250101-100000-replaced-abcd").write_text("a run folder replaced by a file")
     problems["20250101-100000-replaced-abcd"] = "this is a file, not a run folder"
     # damaged metrics lose the curves (or the cut-off row), not the run: its state and model are intact
@@ -426,7 +429,7 @@ def test_damaged_run_folders_are_listed_as_broken_and_break_nothing(dataset, app
         assert set(table.index) == set(listed)
         for name, problem in problems.items():
             assert table.loc[name, "state"] == "broken" and problem in table.loc[name, "note"]
-        for name in ("garbage-status", "20250101-100000-replaced-abcd"):
+        for name in ("garbage-status", "deep-status", "20250101-100000-replaced-abcd"):
             at.selectbox(key="train_run_choice").set_value(name).run()
             assert not at.exception
             assert any(f"This run folder is broken: {problems[name]}" in e for e in texts(at.error))
