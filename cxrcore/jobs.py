@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
-from cxrcore.fileio import atomic_write_text, read_json_file
+from cxrcore.fileio import atomic_write_text, open_for_reading, read_json_file
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -740,12 +740,12 @@ def log_tail(run_dir: str | os.PathLike, lines: int = 40, max_bytes: int = 64_00
     max_bytes from the end."""
     path = Path(run_dir) / name
     try:
-        with open(path, "rb") as handle:
+        with open_for_reading(path, error=ConfigError, what=LOG_FILE) as handle:  # a pipe would block the page
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             handle.seek(max(0, size - max_bytes))
-            data = handle.read().decode("utf-8", errors="replace")
-    except OSError:
+            data = handle.read(max_bytes).decode("utf-8", errors="replace")
+    except (OSError, ConfigError):
         return ""
     text = data.replace("\r", "\n")
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])

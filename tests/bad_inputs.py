@@ -1168,8 +1168,9 @@ HOSTILE_CASES = [
     Case("csv_huge_field", "csv", "one 300 kB field in a labels row",
          _csv("split.csv", lambda: to_csv_bytes(course_frame()) + b"x" * 300_000 + b",1\n"), audit_argv,
          reason=r"line 12 is 293 kB long", page=HOME_UPLOAD),
-    Case("pred_gzip_bomb", "predictions", f"predictions .csv.gz inflating to {BOMB_BYTES >> 20} MB",
-         _csv("preds.csv.gz", _gzip_bomb(b"Image,prob_Atelectasis\n")), evaluate_argv,
+    Case("pred_gzip_bomb", "predictions", f"gzipped predictions (named .csv, as the Results uploader takes) "
+         f"inflating to {BOMB_BYTES >> 20} MB", _csv("preds.csv", _gzip_bomb(b"Image,prob_Atelectasis\n")),
+         evaluate_argv,
          reason="inflates to more than 64 MB", page=RESULTS_UPLOAD),
     Case("model_zip_bomb", "model", f".keras whose weights member inflates to {BOMB_BYTES >> 20} MB (about 80 kB)",
          _with_sidecar("bad.keras", _bytes(lambda w: _keras_with(w, **{"model.weights.h5": b"\0" * BOMB_BYTES}))),

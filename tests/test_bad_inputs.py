@@ -339,6 +339,36 @@ def test_bad_model_files_under_models_show_an_error_and_a_good_model_still_works
     assert len(overlay_captions(at)) == 4
 
 
+def test_hostile_model_files_beside_good_ones_cost_only_themselves(world, tmp_path, monkeypatch):
+    """models/ holding a good model beside a 100,000-deep sidecar, a deep config.json and a zip bomb (issue #21:
+    one deep sidecar broke every page, as the sidebar reads every sidecar): each page still draws, the good
+    model is offered and works, the sidebar counts the two unusable files, the bomb is refused when chosen."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(world.model, models / "good.keras")
+    shutil.copy(world.model.with_suffix(".json"), models / "good.json")
+    for case_id in ("json_deep_sidecar", "json_deep_keras_info", "model_zip_bomb"):
+        folder = tmp_path / case_id
+        model = built(BY_ID[case_id], folder, world)
+        for path in (model, model.with_suffix(".json")):
+            if path.exists():
+                shutil.move(path, models / f"{case_id}{path.suffix}")
+    at = open_page(monkeypatch, "pages/gradcam_explorer.py", data=world.data, models=models, runs=tmp_path / "runs",
+                   cache=tmp_path / "cache")
+    picker = at.sidebar.multiselect(key="active_models")
+    assert "good" in picker.options and "json_deep_sidecar" not in picker.options, picker.options
+    assert any(c.value.startswith("2 model file(s) cannot be used") for c in at.sidebar.caption)
+    picker.set_value(["good"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(overlay_captions(at)) == 4
+    if "model_zip_bomb" in picker.options:  # its info is fine: refused when loaded, with the reason
+        at.sidebar.multiselect(key="active_models").set_value(["model_zip_bomb"]).run()
+        assert not at.exception and any("decompression bomb" in e.value for e in at.error)
+    for page in ("pages/home.py", "pages/results.py", "pages/training.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+
+
 # ---------------------------------------------------------------------------------------------
 # A live server fed bad datasets, models and uploads
 
