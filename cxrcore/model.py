@@ -15,13 +15,14 @@ Course files store no label list; their outputs are in COURSE_LABEL_ORDER and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Mapping, Sequence
 
 import numpy as np
 
@@ -947,6 +948,43 @@ def _check_inflated_size(members: Sequence[zipfile.ZipInfo], path: Path) -> None
     _refuse_inflation(sum(max(0, m.file_size) for m in members), path, "its contents")
 
 
+class _StoredMember(io.RawIOBase):
+    """An uncompressed zip member read in place from the archive (seekable, bounded by its size), for h5py:
+    Python 3.11's ZipExtFile re-reads a member from its start on every backward seek (12 s for ResNet50)."""
+
+    def __init__(self, handle: BinaryIO, info: zipfile.ZipInfo) -> None:
+        super().__init__()
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("bad local file header")
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        self._handle, self._start, self._size = handle, info.header_offset + 30 + name_len + extra_len, info.file_size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        self._handle.seek(self._start + self._pos)
+        data = self._handle.read(n)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 def _check_h5_sizes(handle: Any, path: Path) -> None:
     """Refuse HDF5 weights whose datasets (shape x item size, from the metadata) pass the model limit:
     HDF5 compresses datasets internally, so a small file can hold gigabytes of zeros."""
@@ -981,8 +1019,8 @@ def _load_keras_zip(path: Path) -> Any:
             config = parse_json(zf.read("config.json"), error=ModelError, file=str(path), what="model's config.json")
             bad = zf.testzip()  # reads every member, no further than its declared (now checked) size
             if "model.weights.h5" in names and zf.getinfo("model.weights.h5").compress_type == zipfile.ZIP_STORED:
-                with zf.open("model.weights.h5") as weights:
-                    _check_h5_sizes(weights, path)
+                with open(path, "rb") as handle:  # read in place: zipfile's own seeks re-read the member
+                    _check_h5_sizes(_StoredMember(handle, zf.getinfo("model.weights.h5")), path)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ModelError(f"the .keras file is truncated or damaged ({type(err).__name__}).", file=str(path),
                          fix="download or copy the file again.") from None

@@ -48,7 +48,8 @@ def quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def input_files(*paths: str | os.PathLike | None, specs: Iterable[str] = (), models: Iterable[str | None] = ()) -> list[str]:
+def input_files(*paths: str | os.PathLike | None, specs: Iterable[str] = (),
+                models: Iterable[str | None] = ()) -> list[str]:
     """Every file a command reads, so that none of them is overwritten by its output: the given paths, the
     files of NAME=FILE / NAME=TABLE@LIST split specs, and each model with its `<model>.json` info."""
     from cxrcore.dataset import parse_split_spec

@@ -6,7 +6,6 @@ shown with the date, command and arguments they were measured with, or marked as
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
