@@ -6,7 +6,6 @@ instant and safe to run on every page load.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxrcore.dataset import Split, load_split, load_table, parse_split_spec
+from cxrcore.errors import ConfigError
+from cxrcore.fileio import read_json_file
 
 #: Image folder names tried in order (the course ships `images-small/`).
 IMAGE_DIR_NAMES = ("images", "images-small", "images_small", "imgs")
@@ -81,8 +82,8 @@ def data_kind(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     for candidate in (folder, folder.parent):
         try:
-            marker = json.loads((candidate / _DEMO_MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            marker = read_json_file(candidate / _DEMO_MARKER, error=ConfigError, what=_DEMO_MARKER)
+        except (OSError, ConfigError):
             continue
         if isinstance(marker, dict) and str(marker.get("generator", "")).startswith("cxrcore.demo"):
             return DATA_SYNTHETIC

@@ -194,9 +194,11 @@ def json_depth(data: bytes) -> int:
     return max(accumulate(1 if c in b"[{" else -1 for c in brackets))
 
 
-def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, what: str) -> Any:
-    """JSON text -> value; `error` naming the file when it is too large, nested too deeply or not JSON."""
+def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, what: str | None) -> Any:
+    """JSON text -> value; `error` naming the file when it is too large, nested too deeply or not JSON.
+    `what` names the content in messages; None for a hand-written file (a syntax error gives its line)."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    hand_written, what = what is None, what or "file"
     cap, depth_cap = limit(*MAX_JSON_BYTES), limit(*MAX_JSON_DEPTH)
     if len(raw) > cap:
         raise error(f"the {what} is {_mib(len(raw))} of JSON, more than the {_mib(cap)} limit.", file=file,
@@ -213,6 +215,9 @@ def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, wh
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
+        if hand_written:  # a file the user writes by hand (a training config): where, as an editor shows it
+            raise error(f"is not valid JSON ({err.msg}).", file=file, rows=[err.lineno],
+                        fix='write a JSON object, e.g. {"preset": "demo", "dataset": "data/demo"}.') from None
         problem = "is empty" if not text.strip() else f"is damaged: not valid JSON ({err.msg}, line {err.lineno})"
         raise error(f"the {what} {problem}.", file=file, fix="write the file again.") from None
     except RecursionError:  # belt and braces: the depth check comes first

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
-from cxrcore.fileio import atomic_write_text, open_for_reading, read_json_file
+from cxrcore.fileio import atomic_write_text, open_for_reading, parse_json, read_json_file
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -583,8 +583,8 @@ def run_probe(config: Any, *, batches: int = 4, timeout_s: float = PROBE_TIMEOUT
         text = lines[-1][len("error:"):].strip() if lines else (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"the time probe failed: {text}")
     try:
-        return json.loads(done.stdout)
-    except json.JSONDecodeError:
+        return parse_json(done.stdout, error=ConfigError, file=None, what="time probe's result")
+    except ConfigError:
         raise ConfigError("the time probe printed no result.", fix="run `python -m cxrcore train --probe` "
                           "in a terminal to see why.") from None
 
@@ -800,12 +800,12 @@ def tf_config_role(env: Mapping[str, str] | None = None) -> tuple[bool, bool, in
     if not raw:
         return False, True, 0
     try:
-        data = json.loads(raw)
+        data = parse_json(raw, error=ConfigError, file=None, what="TF_CONFIG")
         cluster = data.get("cluster", {})
         task = data.get("task", {})
         n = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
         kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    except (ValueError, AttributeError, TypeError):
+    except (ConfigError, ValueError, AttributeError, TypeError):
         raise ConfigError("TF_CONFIG is not valid JSON with 'cluster' and 'task'.",
                           fix='set e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
                               '"task": {"type": "worker", "index": 0}}\'.') from None

@@ -601,7 +601,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
                               fix='write one setting per line, e.g. epochs = 5 and preset = "demo".') from None
     if p.suffix.lower() != ".json":
         raise ConfigError("unknown config format.", file=str(p), fix="use a .toml or .json file.")
-    data = parse_json(raw, error=ConfigError, file=str(p), what="config file")
+    data = parse_json(raw, error=ConfigError, file=str(p), what=None)
     if not isinstance(data, dict):
         raise ConfigError("must hold a JSON object of settings.", file=str(p), fix='write e.g. {"preset": "demo"}.')
     return data

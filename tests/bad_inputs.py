@@ -1156,7 +1156,7 @@ HOSTILE_CASES = [
     Case("json_deep_train_config", "json", "train --config: a JSON config nested 100,000 levels deep",
          _csv("config.json", lambda: _deep_object("epochs").encode()),
          lambda bad, out, world: ["train", "--config", str(bad), "--dry-run"],
-         reason=r"config.json: the config file nests 100000 levels deep"),
+         reason=r"config.json: the file nests 100000 levels deep"),
     Case("json_deep_run_status", "json", "train --list: one run's status.json nested 100,000 levels deep",
          _runs_with_deep_status, lambda bad, out, world: ["train", "--list", "--runs-root",
                                                           str(bad.parent.parent), "--format", "json"],
