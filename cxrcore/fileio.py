@@ -58,6 +58,11 @@ def _mib(n: int) -> str:
 # Reading
 # --------------------------------------------------------------------------------------------
 
+def _the(what: str) -> str:
+    """How a message names the content: a file name as it is ("status.json"), else "the model info"."""
+    return what if "." in what else f"the {what}"
+
+
 def _a(what: str) -> str:
     return ("an " if what[:1].lower() in "aeiou" else "a ") + what
 
@@ -81,12 +86,12 @@ def open_for_reading(path: str | os.PathLike, *, error: type[CxrError], what: st
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise error(f"the {what} does not exist.", file=name, fix="check the path.") from None
+        raise error(f"{_the(what)} does not exist.", file=name, fix="check the path.") from None
     except PermissionError:
-        raise error(f"the {what} cannot be read: permission denied.", file=name,
+        raise error(f"{_the(what)} cannot be read: permission denied.", file=name,
                     fix="give your user read access to it (ls -l shows its owner and permissions).") from None
     except OSError as err:
-        raise error(f"the {what} cannot be opened ({err.strerror or err}).", file=name) from None
+        raise error(f"{_the(what)} cannot be opened ({err.strerror or err}).", file=name) from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
@@ -95,7 +100,7 @@ def open_for_reading(path: str | os.PathLike, *, error: type[CxrError], what: st
             raise error(f"this is {_kind(info.st_mode)}, not {_a(what)}; refused (reading it could block or "
                         "never end).", file=name, fix=f"point at the {what} itself, not a pipe or device.")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise error(f"the {what} is {_mib(info.st_size)}, more than the {_mib(max_bytes)} limit.", file=name,
+            raise error(f"{_the(what)} is {_mib(info.st_size)}, more than the {_mib(max_bytes)} limit.", file=name,
                         fix=f"use a smaller file{f', or raise {env}' if env else ''}.")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -110,7 +115,7 @@ def read_file_bytes(path: str | os.PathLike, *, error: type[CxrError], what: str
     with open_for_reading(path, error=error, what=what, max_bytes=max_bytes, env=env) as handle:
         data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
-        raise error(f"the {what} is more than the {_mib(max_bytes)} limit.", file=os.fspath(path),
+        raise error(f"{_the(what)} is more than the {_mib(max_bytes)} limit.", file=os.fspath(path),
                     fix=f"use a smaller file{f', or raise {env}' if env else ''}.")
     return data
 
@@ -129,7 +134,7 @@ def inflate_gzip(data: bytes, *, max_bytes: int, error: type[CxrError], file: st
             while True:
                 total += len(chunk)
                 if total > max_bytes:
-                    raise error(f"the {what} inflates to more than {_mib(max_bytes)} (a decompression bomb, or a "
+                    raise error(f"{_the(what)} inflates to more than {_mib(max_bytes)} (a decompression bomb, or a "
                                 "file too large for this tool); refused before inflating it all.", file=file,
                                 fix=f"use a smaller file{f', or raise {env}' if env else ''}.")
                 out.append(chunk)
@@ -151,7 +156,7 @@ def read_table_bytes(source: str | os.PathLike | bytes, *, error: type[CxrError]
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > cap:
-            raise error(f"the {what} is {_mib(len(data))}, more than the {_mib(cap)} limit.", file=file,
+            raise error(f"{_the(what)} is {_mib(len(data))}, more than the {_mib(cap)} limit.", file=file,
                         fix=f"use a smaller file, or raise {env}.")
     else:
         data = read_file_bytes(source, error=error, what=what, max_bytes=cap, env=env)
@@ -201,16 +206,16 @@ def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, wh
     hand_written, what = what is None, what or "file"
     cap, depth_cap = limit(*MAX_JSON_BYTES), limit(*MAX_JSON_DEPTH)
     if len(raw) > cap:
-        raise error(f"the {what} is {_mib(len(raw))} of JSON, more than the {_mib(cap)} limit.", file=file,
+        raise error(f"{_the(what)} is {_mib(len(raw))} of JSON, more than the {_mib(cap)} limit.", file=file,
                     fix=f"check that this is the right file, or raise {MAX_JSON_BYTES[0]}.")
     depth = json_depth(raw)
     if depth > depth_cap:
-        raise error(f"the {what} nests {depth} levels deep, more than the {depth_cap} JSON may have here "
+        raise error(f"{_the(what)} nests {depth} levels deep, more than the {depth_cap} JSON may have here "
                     "(a damaged or hostile file).", file=file, fix="write the file again.")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise error(f"the {what} is damaged: not UTF-8 text (byte {err.start}).", file=file,
+        raise error(f"{_the(what)} is damaged: not UTF-8 text (byte {err.start}).", file=file,
                     fix="write the file again.") from None
     try:
         return json.loads(text)
@@ -219,9 +224,9 @@ def parse_json(data: bytes | str, *, error: type[CxrError], file: str | None, wh
             raise error(f"is not valid JSON ({err.msg}).", file=file, rows=[err.lineno],
                         fix='write a JSON object, e.g. {"preset": "demo", "dataset": "data/demo"}.') from None
         problem = "is empty" if not text.strip() else f"is damaged: not valid JSON ({err.msg}, line {err.lineno})"
-        raise error(f"the {what} {problem}.", file=file, fix="write the file again.") from None
+        raise error(f"{_the(what)} {problem}.", file=file, fix="write the file again.") from None
     except RecursionError:  # belt and braces: the depth check comes first
-        raise error(f"the {what} nests too deeply.", file=file, fix="write the file again.") from None
+        raise error(f"{_the(what)} nests too deeply.", file=file, fix="write the file again.") from None
 
 
 def read_json_file(path: str | os.PathLike, *, error: type[CxrError], what: str) -> Any:

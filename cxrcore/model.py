@@ -1016,7 +1016,7 @@ def _load_keras_zip(path: Path) -> Any:
             if zf.getinfo("config.json").file_size > limit(*MAX_JSON_BYTES):
                 raise ModelError("the model's config.json is too large.", file=str(path),
                                  fix=f"check the file, or raise {MAX_JSON_BYTES[0]}.")
-            config = parse_json(zf.read("config.json"), error=ModelError, file=str(path), what="model's config.json")
+            config = parse_json(zf.read("config.json"), error=ModelError, file=str(path), what="the model's config.json")
             bad = zf.testzip()  # reads every member, no further than its declared (now checked) size
             if "model.weights.h5" in names and zf.getinfo("model.weights.h5").compress_type == zipfile.ZIP_STORED:
                 with open(path, "rb") as handle:  # read in place: zipfile's own seeks re-read the member
