@@ -3,8 +3,10 @@
 `stratify` splits a labels table into named fractions so that no patient is in two splits and each
 class's prevalence is as even as possible (iterative stratification, Sechidis et al. 2011, run on
 patients instead of images). `repair_leakage` moves each leaking patient's images into the split
-that already holds most of them (the fewest moves). Both return the new splits and a before/after
-balance report; `write_outputs` / `outputs_zip` save them in the input's own file format.
+that already holds most of them (the fewest moves); when that would drain a split (it keeps less than
+half its images), `resplit_same_sizes` is the way out: a patient-grouped re-split that keeps every
+split's name and size. All return the new splits and a before/after balance report; `write_outputs` /
+`outputs_zip` save them in the input's own file format.
 """
 from __future__ import annotations
 
@@ -35,6 +37,11 @@ MODE_STRATIFY, MODE_REPAIR = "stratify", "repair"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _EPS = 1e-9
+#: How the CLI re-splits keeping sizes (the Fix page words it as its own button).
+CLI_RESPLIT_SIZES = "re-split by patient with --input (every split file) and --fractions {fractions}"
+#: A repair drains a split when the split keeps less than this share of its images (a built-to-leak
+#: split such as the demo's valid_leaky holds only images of other splits' patients: it ends empty).
+DRAIN_KEEP = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,9 +403,21 @@ class BalanceReport:
                     f"{clean}; {dev}.")
         if not self.moved_images:
             return f"Nothing to repair: {clean}; {dev}."
+        drained = self.drained()
+        if drained:
+            lost = "; ".join(f"'{name}' keeps {after} of its {before} images" for name, before, after in drained)
+            return (f"Moved {self.moved_images} image(s) of {self.moved_patients} patient(s): {clean}, but this "
+                    f"drains a split ({lost}). Re-split by patient keeping the sizes instead.")
         return (f"Moved {self.moved_images} image(s) of {self.moved_patients} patient(s) "
                 f"(was {self.leaked_before[0]} patient(s) with {self.leaked_before[1]} image(s) leaking); "
                 f"{clean}; {dev}.")
+
+    def drained(self) -> list[tuple[str, int, int]]:
+        """(split, images before, images after) of each split a repair left with under DRAIN_KEEP of its images."""
+        if self.mode != MODE_REPAIR:
+            return []
+        return [(b.name, b.rows, a.rows) for b, a in zip(self.before, self.after)
+                if b.rows and a.rows < DRAIN_KEEP * b.rows]
 
     def to_dict(self) -> dict:
         """JSON-ready dict (stable keys, documented in the module docstring of commands/split.py)."""
@@ -419,6 +438,7 @@ class BalanceReport:
             "moves": [m.to_dict() for m in self.moves],
             "moved_images": self.moved_images,
             "moved_patients": self.moved_patients,
+            "drained": [{"split": n, "images_before": b, "images_after": a} for n, b, a in self.drained()],
             "files": list(self.files),
             "notes": list(self.notes),
             "warnings": list(self.warnings),
@@ -536,6 +556,31 @@ def stratify(inputs: Split | list[Split], fractions: Mapping[str, float], seed: 
     return SplitResult(splits=list(new.values()), report=report)
 
 
+def same_size_fractions(splits: list[Split]) -> dict[str, float]:
+    """Each split's current share of all images (exact, summing to 1): the sizes a re-split keeps."""
+    total = sum(len(s) for s in splits)
+    if total == 0:
+        raise DatasetError("the splits hold no images.", fix="pass split files with rows.")
+    shares = {s.name: len(s) / total for s in splits if len(s)}
+    first = next(iter(shares))
+    shares[first] = 1.0 - sum(v for k, v in shares.items() if k != first)
+    return shares
+
+
+def resplit_same_sizes(splits: list[Split], seed: int = 0) -> SplitResult:
+    """Pool the splits and deal their patients out again, stratified: same split names, about the same sizes,
+    no patient in two splits (most images change split; the way out when a repair would drain a split)."""
+    return stratify(list(splits), same_size_fractions(splits), seed)
+
+
+def fractions_text(fractions: Mapping[str, float]) -> str:
+    """'train=0.56,valid=0.12' (3 decimals, the last share absorbing rounding) for --fractions."""
+    names = list(fractions)
+    rounded = {n: round(fractions[n], 3) for n in names}
+    rounded[names[0]] = round(1 - sum(rounded[n] for n in names[1:]), 3)
+    return ",".join(f"{n}={rounded[n]:g}" for n in names)
+
+
 def _priority_ranks(names: list[str], priority: list[str] | None) -> np.ndarray:
     order = list(priority or [])
     unknown = [p for p in order if p not in names]
@@ -608,6 +653,13 @@ def repair_leakage(splits: list[Split], priority: list[str] | None = None) -> Re
             report.notes.append(f"split '{split.name}' is empty after repair: all its patients had more images "
                                 "elsewhere, so no file is written for it; re-split with --input and --fractions "
                                 "instead.")
+    drained = report.drained()
+    if drained:
+        report.warnings.append(
+            "the fewest-moves repair drains " + ", ".join(f"'{n}' ({b} -> {a} images)" for n, b, a in drained)
+            + ": each shared patient went to the split holding most of their images. To keep every split's "
+            "name and size with no patient in two splits, " + CLI_RESPLIT_SIZES.format(
+                fractions=fractions_text(same_size_fractions(list(splits)))) + ".")
     shared = _shared_images(repaired)
     if shared:
         report.notes.append(f"{shared} image name(s) are still in more than one split under different "

@@ -35,8 +35,26 @@ def choose_splits(dataset: ActiveDataset | None) -> tuple[list[Split], Path | No
         return [], None
     names = list(dataset.splits)
     default = [n for n in names if "leak" not in n.lower()] or names
-    chosen = st.multiselect("Splits", names, default=default, key=f"audit_splits_{dataset.name}")
+    key = f"audit_splits_{dataset.name}"
+    chosen = st.multiselect("Splits", names, default=default, key=key)
+    point_to_leaky(names, chosen, key)
     return [dataset.splits[n] for n in chosen], dataset.image_root
+
+
+def point_to_leaky(names: list[str], chosen: list[str], key: str) -> None:
+    """Name the splits built to leak (e.g. the demo's valid_leaky) that are left out, with a button adding them."""
+    leaky = [n for n in names if "leak" in n.lower() and n not in chosen]
+    if not leaky:
+        return
+    listed = ", ".join(f"**{n}**" for n in leaky)
+    st.info(f"Left out of this audit: {listed}, a split built to leak (other images of patients in the "
+            "training split). Add it to see the audit catch the leak, and the fix below handle it.",
+            icon=":material/visibility:")
+
+    def add() -> None:
+        st.session_state[key] = [*st.session_state.get(key, chosen), *leaky]
+
+    st.button(f"Audit with {', '.join(leaky)}", key=f"{key}_add_leaky", on_click=add)
 
 
 @st.cache_data(show_spinner="Reading the uploaded files...", max_entries=16)

@@ -6,7 +6,8 @@ import streamlit as st
 from cxrcore.audit import AuditReport
 from cxrcore.catalog import split_role
 from cxrcore.dataset import Split
-from cxrcore.splitting import SplitResult, outputs_zip, repair_leakage, stratify
+from cxrcore.splitting import (DRAIN_KEEP, CLI_RESPLIT_SIZES, SplitResult, outputs_zip, repair_leakage,
+                               resplit_same_sizes, stratify)
 from dashboard.loaders import split_key
 from dashboard.widgets import teaching_note, user_errors
 
@@ -14,6 +15,11 @@ from dashboard.widgets import teaching_note, user_errors
 @st.cache_data(show_spinner="Repairing the split...", max_entries=8)
 def _repair(_splits: list[Split], key: tuple, priority: tuple[str, ...]) -> SplitResult:
     return repair_leakage(_splits, list(priority))
+
+
+@st.cache_data(show_spinner="Re-splitting by patient, keeping the sizes...", max_entries=8)
+def _resplit_same_sizes(_splits: list[Split], key: tuple) -> SplitResult:
+    return resplit_same_sizes(_splits, seed=0)
 
 
 @st.cache_data(show_spinner="Re-splitting by patient...", max_entries=8)
@@ -35,20 +41,49 @@ CLI_RESPLIT = "re-split with --input and --fractions"
 PAGE_RESPLIT = "re-split in the 'Re-split stratified by patient' tab"
 
 
+PAGE_RESPLIT_SIZES = "use 'Re-split by patient, keeping the sizes' on this page"
+
+
 def page_note(note: str) -> str:
     """A report note in this page's words (its tab, not the CLI's flags)."""
+    head = CLI_RESPLIT_SIZES.partition("{fractions}")[0]
+    if head in note:  # the CLI's command (it ends the note, fractions included) becomes this page's button
+        note = note[:note.index(head)] + PAGE_RESPLIT_SIZES + "."
     return note.replace(CLI_RESPLIT, PAGE_RESPLIT)
 
 
 def _show_result(result: SplitResult, file_stem: str) -> None:
     report = result.report
-    (st.success if report.leaked_after[0] == 0 else st.warning)(report.verdict())
+    good = report.leaked_after[0] == 0 and not report.drained()
+    (st.success if good else st.warning)(report.verdict())
     for note in [*report.notes, *report.warnings]:
         st.caption(page_note(note))
     with st.expander("Before/after balance report"):
         st.markdown(report.render("markdown", heading_level=4))
     st.download_button("Download the fixed split files (zip)", outputs_zip(result), file_name=f"{file_stem}.zip",
                        mime="application/zip", key=f"dl_{file_stem}", type="primary")
+
+
+def render_drained(splits: list[Split], key: tuple, repaired: SplitResult) -> None:
+    """The repair would drain a split: say so, offer the re-split that keeps sizes first, the repair second."""
+    drained = repaired.report.drained()
+    lost = "; ".join(f"**{name}** would keep {after} of its {before} images" for name, before, after in drained)
+    st.warning(f"The fewest-moves repair would drain a split: {lost}. All its patients have more images in "
+               "another split, so they would all move there. Two ways to fix the leak:",
+               icon=":material/warning:")
+    sizes = ", ".join(f"{s.name} {len(s):,}" for s in splits)
+    st.markdown(
+        "1. **Re-split by patient, keeping the sizes** (recommended): pools every image and deals whole patients "
+        f"out again, stratified by class, so each split keeps its name and about its size ({sizes} images) "
+        "and no patient is in two splits. Most images change split: results of models trained on the old "
+        "split are no longer comparable.\n"
+        "2. **Repair with the fewest moves**: each shared patient moves to the split that holds most of their "
+        f"images. Few images move, but a split that loses more than {DRAIN_KEEP:.0%} of its images is "
+        "no longer the split you had.")
+    st.markdown("##### 1. Re-split by patient, keeping the sizes")
+    _show_result(_resplit_same_sizes(splits, key), "resplit_same_sizes")
+    with st.expander("2. Repair with the fewest moves anyway"):
+        _show_result(repaired, "repaired_split")
 
 
 def render_fix(splits: list[Split], report: AuditReport) -> None:
@@ -68,7 +103,11 @@ def render_fix(splits: list[Split], report: AuditReport) -> None:
             st.caption("Each leaking patient moves to the split that already holds most of their images, "
                        "so as few images as possible change split.")
             with user_errors("repairing the split"):
-                _show_result(_repair(splits, key, tuple(priority or default)), "repaired_split")
+                repaired = _repair(splits, key, tuple(priority or default))
+                if repaired.report.drained():
+                    render_drained(splits, key, repaired)
+                else:
+                    _show_result(repaired, "repaired_split")
     with stratify_tab:
         fractions = _default_fractions(splits)
         # Widget keys carry the chosen split names, so a new selection starts from its own shares.

@@ -101,3 +101,47 @@ def test_fix_the_split_with_bad_fractions_shows_an_error(app):
     at.button(key="fix_stratify").click().run()
     assert not at.exception
     assert any("fraction" in e.value.lower() for e in at.error), [e.value for e in at.error]
+
+
+@pytest.fixture
+def built_to_leak_app(tmp_path, monkeypatch):
+    """A dataset laid out like the demo: valid_leaky holds only follow-ups of training patients."""
+    import pandas as pd
+
+    from tests.app_support import make_course_dataset
+
+    folder = make_course_dataset(tmp_path / "data" / "demo")
+    train = pd.read_csv(folder / "train.csv")
+    leaky = train.groupby("PatientId").tail(1)
+    train.drop(leaky.index).to_csv(folder / "train.csv", index=False)
+    leaky.to_csv(folder / "valid_leaky.csv", index=False)
+    monkeypatch.setenv("CXR_DATA_ROOT", str(tmp_path / "data"))
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_leakage_audit_points_to_the_leaky_split_and_adds_it(built_to_leak_app):
+    at = open_page(built_to_leak_app, "pages/leakage_audit.py")
+    assert at.success[0].value.startswith("Clean")
+    assert any("Left out of this audit: **valid_leaky**, a split built to leak" in i.value for i in at.info)
+    at.button(key="audit_splits_demo_add_leaky").click().run()
+    assert not at.exception
+    assert at.multiselect(key="audit_splits_demo").value == ["train", "valid", "test", "valid_leaky"]
+    assert at.error[0].value.startswith("Leaking: 28 patient(s)")
+    assert not any("Left out of this audit" in i.value for i in at.info)
+
+
+def test_fix_the_split_never_empties_a_split_in_a_green_box(built_to_leak_app):
+    at = open_page(built_to_leak_app, "pages/leakage_audit.py")
+    at.button(key="audit_splits_demo_add_leaky").click().run()
+    warnings = [w.value for w in at.warning]
+    assert any("would drain a split: **valid_leaky** would keep 0 of its 28 images" in w for w in warnings), warnings
+    assert not any(s.value.startswith("Moved") for s in at.success)  # the draining repair is never green
+    assert any("drains a split ('valid_leaky' keeps 0 of its 28 images)" in w for w in warnings)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Re-split by patient, keeping the sizes" in text and "Repair with the fewest moves" in text
+    resplit = [s.value for s in at.success if s.value.startswith("Split ")]
+    assert resplit and "valid_leaky" in resplit[0] and "no patient is in two splits" in resplit[0]
+    assert any("'Re-split by patient, keeping the sizes' on this page" in c.value for c in at.caption)

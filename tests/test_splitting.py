@@ -27,6 +27,8 @@ from cxrcore.splitting import (
     parse_fractions,
     random_group_split,
     repair_leakage,
+    resplit_same_sizes,
+    same_size_fractions,
     stratified_group_split,
     stratify,
     validate_fractions,
@@ -301,6 +303,67 @@ def test_a_split_emptied_by_repair_gets_no_file(tmp_path):
     assert not (tmp_path / "out" / "valid.csv").exists()
     assert any("valid' is empty after repair" in n and "no file is written" in n for n in result.report.notes)
     assert len(load_split(paths[0])) == len(train) + len(valid)
+
+
+def built_to_leak(tmp_path: Path, patients: int = 90):
+    """The demo's layout: train/valid/test by patient, and valid_leaky = one follow-up of many train patients."""
+    frame = make_rows(patients=patients)
+    n_train, n_valid = int(patients * 0.7), int(patients * 0.12)
+    train = frame[frame.PatientId <= n_train]
+    valid = frame[(frame.PatientId > n_train) & (frame.PatientId <= n_train + n_valid)]
+    test = frame[frame.PatientId > n_train + n_valid]
+    many = train.groupby("PatientId").filter(lambda g: len(g) >= 2)
+    leaky = many.groupby("PatientId").tail(1)
+    train = train.drop(leaky.index)
+    parts = {"train": train, "valid": valid, "test": test, "valid_leaky": leaky}
+    paths = {n: write_csv(f, tmp_path / f"{n}.csv") for n, f in parts.items()}
+    return [load_split(p, split_name=n) for n, p in paths.items()], paths
+
+
+def test_a_repair_that_would_drain_a_split_says_so_and_the_resplit_keeps_sizes(tmp_path):
+    splits, _ = built_to_leak(tmp_path)
+    sizes = {s.name: len(s) for s in splits}
+    result = repair_leakage(splits)
+    report = result.report
+    assert report.drained() == [("valid_leaky", sizes["valid_leaky"], 0)]
+    verdict = report.verdict()
+    assert "drains a split ('valid_leaky' keeps 0 of its" in verdict and "Re-split by patient keeping" in verdict
+    assert any("--fractions train=" in w and "valid_leaky=" in w for w in report.warnings)
+    assert report.to_dict()["drained"] == [{"split": "valid_leaky", "images_before": sizes["valid_leaky"],
+                                            "images_after": 0}]
+    shares = same_size_fractions(splits)
+    assert abs(sum(shares.values()) - 1) < 1e-12 and list(shares) == list(sizes)
+    resplit = resplit_same_sizes(splits)
+    assert [s.name for s in resplit.splits] == list(sizes)
+    assert count_leaked(resplit.splits) == (0, 0)
+    total = sum(sizes.values())
+    for split in resplit.splits:  # each split keeps about its size (whole patients of 1-6 images move)
+        assert abs(len(split) - sizes[split.name]) <= max(8, 0.25 * sizes[split.name]), (split.name, len(split))
+    assert sum(len(s) for s in resplit.splits) == total
+    assert not resplit.report.drained()
+
+
+def test_a_repair_that_keeps_half_of_a_split_is_not_draining(tmp_path):
+    layout, splits, _ = hand_made_splits(tmp_path)
+    report = repair_leakage(splits).report
+    assert report.drained() == [] and report.to_dict()["drained"] == []
+    assert "drains" not in report.verdict()
+
+
+def test_cli_repair_reports_the_drained_split(tmp_path, capsys):
+    _, paths = built_to_leak(tmp_path)
+    args = ["split", "--repair", *[a for n, p in paths.items() for a in ("--split", f"{n}={p}")],
+            "--out", str(tmp_path / "fixed"), "--format", "json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["drained"][0]["split"] == "valid_leaky" and data["drained"][0]["images_after"] == 0
+    fractions = next(w for w in data["warnings"] if "--fractions" in w).split("--fractions ")[1].rstrip(".")
+    # the suggested command works and keeps the four names
+    inputs = [a for p in paths.values() for a in ("--input", str(p))]
+    assert main(["split", *inputs, "--fractions", fractions, "--out", str(tmp_path / "resplit"),
+                 "--format", "json"]) == 0
+    resplit = json.loads(capsys.readouterr().out)
+    assert list(resplit["after"]["splits"]) == list(paths) and resplit["after"]["leaked_patients"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The whole teaching story in one browser session, as a person would click through it.
 
-Demo data -> Leakage audit (the leaky split leaks) -> Fix the split (repair; the fixed files audit
-clean) -> Training (a quick demo-preset CPU run, followed live) -> Results (the new model's AUROC
+Demo data -> Leakage audit (the leaky split leaks) -> Fix the split (the re-split keeping sizes; the
+fixed files audit clean) -> Training (a quick demo-preset CPU run, followed live) -> Results (the new model's AUROC
 table and ROC curves) -> GradCAM explorer (one image's heatmaps). Debian's chromium, headless,
 against `streamlit run Home.py`; a full-page screenshot per step in test-artifacts/story/.
 """
@@ -154,20 +154,22 @@ def see_the_leak(story: Story) -> None:
 
 
 def fix_the_split(story: Story, folder: Path) -> None:
-    """Fix the split: repair with the fewest moves, download the files, upload them for a new audit: clean."""
+    """Fix the split: the fewest-moves repair would drain valid_leaky, so the page proposes the re-split that
+    keeps every split's name and size; download it, upload it for a new audit: clean."""
     page = story.page
     story.see("Fix the split")
     page.get_by_role("tab", name="Repair with the fewest moves").click()
-    story.see(re.compile(r"Moved \d+ image\(s\) of \d+ patient\(s\) .*; no patient is in two splits"))
-    story.see(re.compile(r"split 'valid_leaky' is empty after repair.*'Re-split stratified by patient' tab"))
+    story.see(re.compile(r"The fewest-moves repair would drain a split: valid_leaky would keep 0 of its \d+ images"))
+    story.see(re.compile(r"Split \d+ images of \d+ patients into train .*valid_leaky .*; no patient is in two splits"))
     with page.expect_download(timeout=30_000) as download:
-        page.get_by_role("button", name="Download the fixed split files (zip)").click()
+        page.get_by_role("button", name="Download the fixed split files (zip)").first.click()
+    assert download.value.suggested_filename == "resplit_same_sizes.zip"
     with zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())) as archive:
         archive.extractall(folder)
-    story.shot("fix-repaired")
-    # the leaky split's patients all moved to train: it gets no file, so the zip holds the other three
+    story.shot("fix-resplit")
+    # every split keeps its name (and about its size)
     files = sorted(p.name for p in folder.glob("*.csv"))
-    assert files == ["test.csv", "train.csv", "valid.csv"], files
+    assert files == ["test.csv", "train.csv", "valid.csv", "valid_leaky.csv"], files
     page.get_by_text("Upload split files", exact=True).click()
     story.settle()
     page.locator('input[type="file"]').set_input_files([str(folder / name) for name in files])
