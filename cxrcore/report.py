@@ -133,11 +133,12 @@ def render(report: AuditReport, fmt: str = "text") -> str:
         cross = check.cross_split_duplicates()
         out += [heading("Image files"), f"{check.checked} checked under {check.root}: {missing} missing, "
                 f"{unreadable} unreadable, {len(cross)} duplicate pair(s) across splits "
-                f"(perceptual hash distance <= {check.near_threshold}).", ""]
+                "(the same radiograph saved twice: byte copies, and re-exports confirmed by aligning the images and "
+                "comparing their fine detail).", ""]
         if cross:
             out += [table(["split a", "image a", "split b", "image b", "kind"],
                           [[d.split_a, d.image_a, d.split_b, d.image_b,
-                            "exact" if d.exact else f"near ({d.distance} bits)"] for d in cross[:50]]), ""]
+                            "exact" if d.exact else f"near (detail correlation {d.similarity:.2f})"] for d in cross[:50]]), ""]
     for summary in report.summaries:
         out += [heading(f"Class balance: {summary.name}"), table(_BALANCE_HEADER, _balance_rows(summary)), ""]
     shift_rows = _shift_rows(report)

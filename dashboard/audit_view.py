@@ -15,6 +15,12 @@ from dashboard.loaders import ActiveDataset, audit, preview, split_key
 from dashboard.widgets import show_warnings, teaching_note, user_errors
 
 IMAGECHECK_KEY = "audit_image_check"
+#: What a reported duplicate pair is, said under the check's result.
+PAIR_MEANING = ("A duplicate pair is one radiograph saved twice: the same bytes, or the same image exported again "
+                "(resized, lightly cropped, contrast-changed, re-encoded, rotated by a few degrees), confirmed by "
+                "aligning the two images and comparing their fine detail; at most a retake of the same patient in "
+                "the same position can share that detail. Different patients who merely look alike are not "
+                "paired: a pair across splits means the same image, or the same patient, is in both.")
 
 
 def choose_splits(dataset: ActiveDataset | None) -> tuple[list[Split], Path | None]:
@@ -124,8 +130,12 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
         return
     st.subheader("Image files and duplicates")
     key = (split_key(splits), str(image_root))
-    threshold = st.slider("Near-duplicate threshold (bits of the 64-bit perceptual hash)", 0, 10, 4,
-                          key="audit_near_threshold")
+    threshold = st.slider("Hash shortlist width (bits of the 64-bit perceptual hash)", 0, 10, 4,
+                          key="audit_near_threshold",
+                          help="Pairs whose hashes differ in at most this many bits are compared, as are each "
+                               "image's nearest look-alikes in the other splits. A pair is reported only when "
+                               "the aligned images share their fine detail, so a wider shortlist finds more "
+                               "copies without adding false pairs; it takes longer.")
     stored = st.session_state.get(IMAGECHECK_KEY)
     clicked = st.button(f"Check {sum(len(s) for s in splits):,} image files for duplicates", key="audit_hash")
     if clicked:
@@ -137,8 +147,8 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
         stored = (key, threshold, report.images)
         st.session_state[IMAGECHECK_KEY] = stored
     if not stored or stored[0] != key:
-        st.caption("Exact duplicates (same bytes) and near-duplicates (resized or re-encoded copies) across "
-                   "splits leak even when their patient ids differ.")
+        st.caption("Exact duplicates (same bytes) and near-duplicates (re-exported copies) across splits leak "
+                   "even when their patient ids differ.")
         return
     check = stored[2]
     missing = sum(len(v) for v in check.missing.values())
@@ -146,7 +156,8 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
     cross = check.cross_split_duplicates()
     (st.error if cross or missing or unreadable else st.success)(
         f"{check.checked:,} files checked: {missing} missing, {unreadable} unreadable, {len(cross)} duplicate "
-        f"pair(s) across splits (distance <= {check.near_threshold} bits).")
+        f"pair(s) across splits.")
+    st.caption(PAIR_MEANING)
     for split_name, names in check.missing.items():
         st.caption(f"Missing in {split_name}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
     for split_name, items in check.unreadable.items():
@@ -156,8 +167,8 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
         for column, split_name, name in ((a, pair.split_a, pair.image_a), (b, pair.split_b, pair.image_b)):
             thumb = preview(check.root, name)
             if thumb is not None:
-                column.image(thumb, caption=f"{split_name}: {name} "
-                             f"({'exact copy' if pair.exact else f'{pair.distance} bits apart'})", width=220)
+                kind = "byte-identical copy" if pair.exact else f"re-exported copy, detail correlation {pair.similarity:.2f}"
+                column.image(thumb, caption=f"{split_name}: {name} ({kind})", width=220)
 
 
 #: Column settings shared by the shift tables: split and class names shown whole, p-values as `format_p` writes them.

@@ -15,7 +15,8 @@ import pytest
 from cxrcore.audit import run_audit
 from cxrcore.dataset import load_split
 from cxrcore.errors import DatasetError
-from cxrcore.imagecheck import check_images, hamming, near_duplicate_pairs, perceptual_hash
+from cxrcore.imagecheck import (CONFIRM_CORRELATION, check_images, hamming, near_duplicate_pairs,
+                                perceptual_hash)
 from cxrcore.paths import resolve_image
 from cxrcore.labels import LABELS
 from cxrcore.report import render, to_dict, verdict
@@ -104,7 +105,9 @@ def test_duplicates_across_splits_are_leakage_even_with_different_patient_ids(im
     assert "Image files" in text and "exact" in text and "near (" in text
 
 
-def test_near_duplicate_threshold_is_configurable(tmp_path):
+def test_near_duplicate_threshold_widens_the_hash_shortlist_and_copies_are_confirmed(tmp_path):
+    """The threshold only widens the hash shortlist: a copy with a brightness ramp (6 bits away) is still
+    found at threshold 0 through the nearest-neighbour shortlist, and confirmed by its aligned detail."""
     root = tmp_path / "img"
     root.mkdir()
     image = smooth_image(8)
@@ -116,9 +119,10 @@ def test_near_duplicate_threshold_is_configurable(tmp_path):
     for k in range(2):
         write_png(root / f"other{k}.png", smooth_image(100 + k))
     a, b = _split(["x.png", "other0.png"], "a"), _split(["y.png", "other1.png"], "b")
-    found = check_images([a, b], root, near_threshold=distance).cross_split_duplicates()
-    assert [(d.image_a, d.image_b, d.distance) for d in found] == [("x.png", "y.png", distance)]
-    assert check_images([a, b], root, near_threshold=distance - 1).cross_split_duplicates() == []
+    for threshold in (distance, 0):
+        found = check_images([a, b], root, near_threshold=threshold).cross_split_duplicates()
+        assert [(d.image_a, d.image_b, d.distance) for d in found] == [("x.png", "y.png", distance)]
+        assert found[0].similarity >= CONFIRM_CORRELATION and found[0].to_dict()["similarity"] < 1
     assert check_images([a, b], root, near_threshold=0, hash_images=False).duplicates == []
     for bad in (-1, 17):
         with pytest.raises(DatasetError, match="threshold"):
@@ -260,3 +264,61 @@ def test_labels_do_not_matter_for_duplicates(image_root):
     a = load_split(to_csv_bytes(frame), name="a.csv", split_name="a")
     check = check_images([a, _split(["b_exact.png"], "b")], root)
     assert len(check.cross_split_duplicates()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and recall on radiograph-like images (demo phantoms: all chests look alike at low resolution)
+
+
+def _re_exports(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The same image exported again: resized, lightly cropped, contrast-changed, JPEG re-encoded, rotated."""
+    h, w = image.shape
+    rotated = cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), 2.5, 1.0), (w, h))
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_GRAYSCALE)
+    return {"resized": cv2.resize(image, (w * 3 // 4, h * 3 // 4), interpolation=cv2.INTER_AREA),
+            "cropped": image[h // 25:h - h // 40, w // 30:w - w // 25],
+            "contrast": np.clip((image.astype(np.float32) - 20) * 1.25, 0, 255).astype(np.uint8),
+            "jpeg": jpeg, "rotated": rotated}
+
+
+@pytest.fixture(scope="module")
+def demo_set(tmp_path_factory):
+    from cxrcore.demo import DemoConfig, generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", DemoConfig(images=100, size=128, seed=4),
+                                 workers=2)
+
+
+def test_clean_demo_splits_have_no_duplicate_pairs_although_their_hashes_collide(demo_set):
+    splits = [load_split(demo_set / f"{n}.csv", split_name=n) for n in ("train", "valid", "test")]
+    check = check_images(splits, demo_set / "images", workers=2)
+    assert check.cross_split_duplicates() == []
+    # within a split only a patient's own near-identical follow-ups may pair (the demo redraws little between them)
+    assert all(d.image_a[:8] == d.image_b[:8] for d in check.duplicates)
+    # the hash alone pairs different patients here: the shortlist is not the verdict
+    hashes = np.array([perceptual_hash(cv2.imread(str(demo_set / "images" / n), cv2.IMREAD_GRAYSCALE))
+                       for s in splits for n in s.images], dtype=np.uint64)
+    assert len(near_duplicate_pairs(hashes, 4)) > 0
+
+
+def test_re_exported_demo_images_are_found_and_never_paired_with_other_patients(demo_set, tmp_path):
+    train = load_split(demo_set / "train.csv", split_name="train")
+    originals = list(train.images[:6])
+    root = tmp_path / "img"
+    root.mkdir()
+    for name in train.images:
+        shutil.copyfile(demo_set / "images" / name, root / name)
+    copies, source = [], {}
+    for name in originals:
+        image = cv2.imread(str(demo_set / "images" / name), cv2.IMREAD_GRAYSCALE)
+        for kind, altered in _re_exports(image).items():
+            copy = f"{name[:-4]}_{kind}.png"
+            write_png(root / copy, altered)
+            copies.append(copy)
+            source[copy] = name
+    check = check_images([train, _split(copies, "export")], root, workers=2)
+    found = {(d.image_a, d.image_b) for d in check.cross_split_duplicates()}
+    assert {(source[c], c) for c in copies} <= found, sorted({(source[c], c) for c in copies} - found)
+    # nothing pairs different patients (a demo patient's follow-ups differ too little to be told apart)
+    assert all(a[:8] == b[:8] for a, b in found)
+    assert all(not d.exact and d.similarity >= CONFIRM_CORRELATION for d in check.cross_split_duplicates())

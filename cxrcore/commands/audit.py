@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a split: NAME=FILE (course CSV or NIH table) or NAME=TABLE@LIST; repeat")
     parser.add_argument("--images", metavar="DIR", help="image folder: also check files and duplicates")
     parser.add_argument("--near-threshold", type=int, default=4, metavar="BITS",
-                        help="perceptual-hash distance counted as a near-duplicate (default 4)")
+                        help="hash shortlist width: pairs whose perceptual hashes differ in at most BITS bits are "
+                             "compared (default 4); a pair is reported only when the aligned images share their "
+                             "fine detail")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
