@@ -285,7 +285,7 @@ def training_patients(metadata: Mapping | None, splits: Mapping[str, Split] | No
 def training_overlap(split: Split, metadata: Mapping | None, splits: Mapping[str, Split] | None = None) -> int | None:
     """How many patients of the evaluated split the model was trained on (None: no training metadata).
 
-    This is the leakage check of the Results page: any overlap means the AUROC is likely inflated.
+    This is the leakage check of the Results page: any overlap means the AUROC may be inflated.
     """
     patients = training_patients(metadata, splits)
     if patients is None:
@@ -601,7 +601,8 @@ def render_leakage(split: Split, names: Iterable[str], training: Mapping[str, Ma
             overlaps[name] = training_overlap(split, training.get(name), splits)
         if overlaps[name]:
             st.warning(f"{name}: the evaluated split shares {overlaps[name]} patients with this model's training "
-                       "data: its AUROC is likely inflated.", icon=":material/warning:")
+                       "data: its AUROC is no measure of how the model does on new patients, and may be "
+                       "inflated. Evaluate it on a split of new patients.", icon=":material/warning:")
     return overlaps
 
 

@@ -5,6 +5,7 @@ page_guard()
 
 import streamlit as st
 
+from dashboard.leak_lesson_view import render_leak_lesson
 from dashboard.loaders import active_dataset
 from dashboard.models import active_models, model_sources
 from dashboard.results_view import (choose_sources, choose_split, is_dataset_split, labels_choices,
@@ -29,6 +30,7 @@ with user_errors("evaluating the predictions"):
         sources.update(files)
         training.update(file_training)
         if sources:
+            render_leak_lesson(dataset)
             render_results(split, sources, training=training, splits=labels, partial=partial,
                            literature_default=literature_default(split, dataset))
         else:
