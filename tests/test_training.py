@@ -22,6 +22,7 @@ import pytest
 
 from cxrcore.errors import ConfigError
 from cxrcore.labels import LABELS
+from cxrcore.pipeline import Augmentation
 from cxrcore.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
                                  load_config, preset_changes, with_changes)
 
@@ -140,7 +141,7 @@ def test_toml_and_json_files_resolve_relative_paths_and_name_syntax_errors(tmp_p
     assert config.train_split == str((shapes / "train.csv").resolve())
     assert config.valid_split == str((shapes / "valid.csv").resolve())  # default pair of the dataset folder
     assert config.test_split == str((shapes / "test.csv").resolve())
-    assert config.augmentation["rotation"] == 2.0 and config.augmentation["zoom"] == PRESETS["demo"]["augmentation"]["zoom"]
+    assert config.augmentation["rotation"] == 2.0 and config.augmentation["zoom"] == Augmentation().zoom  # the demo preset has none
     (tmp_path / "bad.toml").write_text('epochs = \n')
     with pytest.raises(ConfigError, match="bad.toml: is not valid TOML"):
         load_config(tmp_path / "bad.toml")
