@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (OSError, MemoryError) as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    except OSError as err:  # not foreseen by the command: the file the system names, unless it is a temp file
+        name = str(err.filename) if err.filename and not os.path.basename(str(err.filename)).startswith(".") else ""
+        print(f"error: {name + ': ' if name else ''}{err.strerror or type(err).__name__}.", file=sys.stderr)
+        return EXIT_INVALID
+    except MemoryError:
+        print("error: out of memory.", file=sys.stderr)
         return EXIT_INVALID

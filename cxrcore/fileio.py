@@ -304,12 +304,10 @@ def _write_problem(err: OSError) -> str:
 @contextmanager
 def writing(path: str | os.PathLike) -> Iterator[None]:
     """Turn an OSError raised while writing `path` into an OutputError naming `path` (never the temp file).
-    A full disk keeps its OSError (callers such as training tell it apart with errno)."""
+    Used by commands; training calls the atomic writes directly and tells a full disk apart by errno."""
     try:
         yield
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise
         raise OutputError(f"{_write_problem(err)}.", file=os.fspath(path),
                           fix="choose an output path in a folder you can write to.") from None
 

@@ -255,6 +255,30 @@ def test_output_problems_are_found_up_front_in_plain_words(tmp_path):
     with pytest.raises(OutputError, match="cannot be written: permission denied"):
         with fileio.writing(tmp_path / "x.csv"):
             raise PermissionError(13, "Permission denied", str(tmp_path / ".x.csv.abc.tmp"))
+    with pytest.raises(OutputError, match="cannot be written: the disk is full") as caught:
+        with fileio.writing(tmp_path / "x.csv"):
+            raise OSError(28, "No space left on device", str(tmp_path / ".x.csv.abc.tmp"))
+    assert ".tmp" not in str(caught.value)
+
+
+def test_an_unforeseen_os_error_is_one_line_without_a_temp_file_name(monkeypatch, capsys):
+    from cxrcore import cli
+
+    def fail(args):
+        raise OSError(5, "Input/output error", "/data/.preds.csv.x1y2.tmp")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_running(fail))
+    assert cli.main(["x"]) == 2
+    assert capsys.readouterr().err == "error: Input/output error.\n"
+
+
+def _parser_running(run):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("x")
+    parser.set_defaults(_run=run)
+    return parser
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
