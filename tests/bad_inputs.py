@@ -1133,6 +1133,12 @@ def _hard_linked_labels(folder: Path, world: World) -> Path:
     return path
 
 
+def _images_named_maps(folder: Path, world: World) -> Path:
+    """The world's images in a folder named maps/: cam --split writes maps/<image>.png into its --out."""
+    shutil.copytree(world.images, folder / "maps")
+    return folder / "maps"
+
+
 def _a_file(name: str) -> Builder:
     def build(folder: Path, world: World) -> Path:
         path = folder / name
@@ -1222,6 +1228,10 @@ HOSTILE_CASES = [
          _copy_of(lambda w: w.predictions, "shard1.csv"),
          lambda bad, out, world: ["predict", "--merge", str(bad), str(world.predictions), "--out", str(bad)],
          reason=r"would overwrite an input file .*shard1.csv"),
+    Case("out_cam_split_over_images", "output", "cam --split whose maps/ would be the image folder itself",
+         _images_named_maps, lambda bad, out, world: ["cam", "--model", str(world.model), "--split", str(world.labels),
+                                                      "--images", str(bad), "--out", str(bad.parent), "--quiet"],
+         reason=r"maps/.*\.png: writing here would overwrite an input file .*maps/"),
     # 6. messages that mislead
     Case("merge_overlapping_shards", "predictions", "predict --merge: two shards holding the same images",
          _overlapping_shard, merge_argv, reason=r"shard2.csv: image '.*' is also predicted in .*predictions.csv"),
