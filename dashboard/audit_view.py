@@ -12,7 +12,7 @@ from cxrcore.dataset import IMAGE, PATIENT, Split
 from cxrcore.labels import LABELS
 from cxrcore.report import format_p, render, verdict
 from dashboard.loaders import ActiveDataset, audit, preview, split_key
-from dashboard.widgets import show_warnings, teaching_note, user_errors
+from dashboard.widgets import fitted_columns, show_warnings, teaching_note, user_errors
 
 IMAGECHECK_KEY = "audit_image_check"
 #: What a reported duplicate pair is, said under the check's result.
@@ -90,7 +90,8 @@ def render_pairs(report: AuditReport) -> None:
              "shared images": leak.images, "images of shared patients in a": leak.images_a,
              "images of shared patients in b": leak.images_b,
              "example patient ids": ", ".join(map(str, leak.patient_ids[:10]))} for leak in report.leakage]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    pairs = pd.DataFrame(rows)
+    st.dataframe(pairs, hide_index=True, width="stretch", column_config=fitted_columns(pairs))
 
 
 def render_leaked_patients(splits: list[Split], report: AuditReport, image_root: Path | None) -> None:
@@ -171,8 +172,7 @@ def render_image_check(splits: list[Split], image_root: Path | None) -> None:
                 column.image(thumb, caption=f"{split_name}: {name} ({kind})", width=220)
 
 
-#: Column settings shared by the shift tables: split and class names shown whole, p-values as `format_p` writes them.
-_NAME = st.column_config.TextColumn(width="medium")
+#: p-values as `format_p` writes them, said in the column's help.
 _P_HELP = "Four decimals; <0.0001 below that (the same format on every page)."
 
 
@@ -182,20 +182,17 @@ def render_shift(report: AuditReport) -> None:
     st.subheader("Prevalence shift between splits")
     shift = report.shift.copy()
     shift["p_value"] = shift["p_value"].map(format_p)
-    st.dataframe(shift, hide_index=True, width="stretch", column_config={
-        "a": _NAME, "b": _NAME, "label": _NAME,
+    st.dataframe(shift, hide_index=True, width="stretch", column_config=fitted_columns(shift, {
         "prevalence_a": st.column_config.NumberColumn(format="%.4f"),
         "prevalence_b": st.column_config.NumberColumn(format="%.4f"),
         "difference": st.column_config.NumberColumn(format="%+.4f"),
-        "p_value": st.column_config.TextColumn("p-value", help=_P_HELP)})
+        "p_value": st.column_config.TextColumn("p-value", help=_P_HELP)}))
     if not report.metadata_shift.empty:
         st.markdown("**Age, sex and view position between splits**")
         meta = report.metadata_shift.copy()
         meta["p_value"] = meta["p_value"].map(format_p)
-        if "level" not in meta:
-            meta["level"] = None
-        st.dataframe(meta, hide_index=True, width="stretch", column_config={
-            "a": _NAME, "b": _NAME,
+        meta["level"] = meta["level"].fillna("") if "level" in meta else ""  # age has no "most common value"
+        st.dataframe(meta, hide_index=True, width="stretch", column_config=fitted_columns(meta, {
             "summary_a": st.column_config.NumberColumn(
                 "in a", format="%.3f", help="Age: the mean age in split a. Sex and view: the share of split a's "
                                            "images with the most common value."),
@@ -203,7 +200,8 @@ def render_shift(report: AuditReport) -> None:
             "statistic": st.column_config.NumberColumn(format="%.3f"),
             "p_value": st.column_config.TextColumn("p-value", help=_P_HELP),
             "level": st.column_config.TextColumn(
-                "most common value", help="Sex and view: the value whose share is compared (e.g. M, PA).")})
+                "most common value", width=140,
+                help="Sex and view: the value whose share is compared (e.g. M, PA).")}))
         st.caption("Age: mean age and a Kolmogorov-Smirnov test of the two age distributions. Sex and view "
                    "position: the share of the most common value and a chi-square test over all values.")
     teaching_note("reading p-values here",

@@ -10,7 +10,7 @@ from cxrcore.dataset import Split
 from cxrcore.labels import LABELS
 from dashboard import charts
 from dashboard.loaders import split_key
-from dashboard.widgets import section, teaching_note
+from dashboard.widgets import fitted_columns, section, teaching_note
 
 
 def pick_split(splits: dict[str, Split], key: str, role: str = "train", label: str = "Split") -> Split:
@@ -51,9 +51,10 @@ def render_balance(split: Split) -> pd.DataFrame:
                    r"\mathcal{L} = \sum_{k=1}^{14} \frac{1}{N}\sum_{i=1}^{N}\Big(-w_{pos,k}\,y_{ik}"
                    r"\log(\hat p_{ik}+\epsilon) - w_{neg,k}\,(1-y_{ik})\log(1-\hat p_{ik}+\epsilon)\Big)"],
                   always=True)
-    st.dataframe(weights_table(classes), hide_index=True, width="stretch", column_config={
+    table = weights_table(classes)
+    st.dataframe(table, hide_index=True, width="stretch", column_config=fitted_columns(table, {
         c: st.column_config.NumberColumn(format="%.4f") for c in
-        ("pos_freq", "neg_freq", "w_pos", "w_neg", "pos_contribution", "neg_contribution")})
+        ("pos_freq", "neg_freq", "w_pos", "w_neg", "pos_contribution", "neg_contribution")}))
     return classes
 
 
@@ -78,8 +79,9 @@ def render_missing_images(split: Split, image_root) -> None:
     st.warning(missing_note(split, missing, f"The charts count all {len(split):,} listed images; the table below "
                                             f"also counts the {len(present):,} on disk, which are what the "
                                             "models can predict."), icon=":material/image_not_supported:")
-    st.dataframe(present_counts(split, present), hide_index=True, width="stretch", column_config={
-        c: st.column_config.NumberColumn(format="%.4f") for c in ("pos_freq (all listed)", "pos_freq (on disk)")})
+    counts = present_counts(split, present)
+    st.dataframe(counts, hide_index=True, width="stretch", column_config=fitted_columns(counts, {
+        c: st.column_config.NumberColumn(format="%.4f") for c in ("pos_freq (all listed)", "pos_freq (on disk)")}))
 
 
 @section("the loss explorer")

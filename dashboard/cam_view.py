@@ -30,7 +30,7 @@ from cxrcore.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS, cached_figure, faithfulness_curves_chart
 from dashboard.loaders import ActiveDataset, preview_jpeg
 from dashboard.models import keep_compiled_functions
-from dashboard.widgets import keep_state, section, teaching_note, user_errors
+from dashboard.widgets import section, teaching_note, user_errors
 
 #: Longest side of the images and maps drawn on the page (and cached).
 DISPLAY_SIDE = 512
@@ -54,10 +54,9 @@ IMAGE_KEY = "cam_image"
 COMPARE_KEY = "cam_compare"
 #: Methods whose maps depend on SmoothGrad / IG settings (the others ignore them).
 _OPTION_METHODS = ("smoothgrad", "integrated-gradients")
-#: Widgets drawn only some of the time (comparison, gradient settings): their values survive the runs where
+#: Widgets drawn only some of the time (comparison, gradient settings) keep their values over the runs where
 #: they are hidden, e.g. switching to "Upload an image" and back, or to CAM and back to SmoothGrad.
-KEPT_KEYS = (COMPARE_KEY, "cam_compare_a", "cam_compare_b", "cam_compare_class", "cam_samples", "cam_noise",
-             "cam_steps")
+KEEP = "page"
 NO_EVIDENCE = "no evidence (the map is zero everywhere)"
 FLAT_NOTE = ("A map that is zero everywhere is drawn without colour: no region of the image raised the class "
              "score for this method, so the model found no evidence for that class here. It is not the same as "
@@ -401,12 +400,15 @@ def map_settings(loaded: LoadedModel, key: str) -> MapSettings:
         c9, c10, c11, _ = st.columns([3, 3, 3, 3], vertical_alignment="bottom")
         if "smoothgrad" in in_use:
             samples = c9.slider("SmoothGrad samples", 1, 100, defaults.samples, 1, key="cam_samples",
+                                persist_state=KEEP,
                                 help="Noisy copies averaged (Smilkov et al. 2017 use about 50; 25 is usually "
                                      "smooth).")
             noise = c10.slider("SmoothGrad noise", 0.0, 0.5, defaults.noise, 0.01, key="cam_noise",
+                               persist_state=KEEP,
                                help="Noise sigma as a share of the image's range (the authors recommend 0.1-0.2).")
         if "integrated-gradients" in in_use:
             steps = c11.slider("Integrated Gradients steps", 4, 128, defaults.steps, 4, key="cam_steps",
+                               persist_state=KEEP,
                                help="Points on the path from a flat image to this one (more: closer to "
                                     "completeness).")
     caption = missing_methods_caption(support)
@@ -642,20 +644,23 @@ def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSetti
 
     key = model_key(entry, loaded)
     methods = supported(key, loaded)
-    if not st.toggle("Compare two methods side by side", key=COMPARE_KEY,
+    if not st.toggle("Compare two methods side by side", key=COMPARE_KEY, bind="query-params", persist_state=KEEP,
                      help="Maps of two methods for one class on this image: do they agree, and which is more "
                           "faithful (deletion / insertion) and points at the box?"):
         return
     first, second = default_pair(methods, settings.method)
     c1, c2, c3 = st.columns(3, vertical_alignment="bottom")
     method_a = c1.selectbox("Method A", methods, index=methods.index(first), key="cam_compare_a",
+                            persist_state=KEEP,
                             format_func=cam.METHOD_TITLES.get)
     method_b = c2.selectbox("Method B", methods, index=methods.index(second), key="cam_compare_b",
+                            persist_state=KEEP,
                             format_func=cam.METHOD_TITLES.get)
     labels = list(result.labels)
     box_list = _box_list(boxes)
     boxed = [label for label in labels if any(n == label for n, _ in box_list)]
-    label = c3.selectbox("Class", labels, index=labels.index(boxed[0]) if boxed else 0, key="cam_compare_class")
+    label = c3.selectbox("Class", labels, index=labels.index(boxed[0]) if boxed else 0, key="cam_compare_class",
+                         persist_state=KEEP)
     size = tuple(shown_image.shape[:2])
     scale = (shown_image.shape[1] / original[1], shown_image.shape[0] / original[0])
     own = [tuple(v * f for v, f in zip(b, (*scale, *scale))) for n, b in box_list if n == label]
@@ -929,7 +934,6 @@ def render_page(dataset: ActiveDataset | None, models: list[ModelEntry]) -> None
     from dashboard.models import ready_model
 
     keep_compiled_functions()
-    keep_state(*KEPT_KEYS)
     teaching()
     if not models:
         render_guidance()

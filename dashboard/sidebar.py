@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.loaders import UPLOADED, UPLOADS_KEY, datasets
-from dashboard.state import DATASET_KEY, MODELS_KEY, PENDING_DATASET_KEY, TEACHING_KEY, TEACHING_PARAM, data_root
+from dashboard.state import DATASET_KEY, MODELS_KEY, PENDING_DATASET_KEY, TEACHING_KEY, data_root
 
 
 def render_sidebar() -> None:
@@ -34,15 +34,9 @@ def render_sidebar() -> None:
 
 
 def render_teaching_toggle() -> None:
-    """Teaching mode, kept in the address too (?teaching=1): a reload or a shared link keeps it on."""
-    if TEACHING_KEY not in st.session_state:
-        st.session_state[TEACHING_KEY] = st.query_params.get(TEACHING_PARAM) == "1"
-    st.toggle("Teaching mode", key=TEACHING_KEY, help="Show the explanations and formulas on every page.")
-    if st.session_state[TEACHING_KEY]:
-        if st.query_params.get(TEACHING_PARAM) != "1":
-            st.query_params[TEACHING_PARAM] = "1"
-    elif TEACHING_PARAM in st.query_params:
-        del st.query_params[TEACHING_PARAM]
+    """Teaching mode, kept in the address too (?teaching_mode=true): a reload or a shared link keeps it on."""
+    st.toggle("Teaching mode", key=TEACHING_KEY, help="Show the explanations and formulas on every page.",
+              bind="query-params", persist_state="session")
 
 
 def render_model_picker() -> None:

@@ -13,8 +13,6 @@ DATASET_KEY = "active_dataset"
 PENDING_DATASET_KEY = "pending_dataset"
 MODELS_KEY = "active_models"
 TEACHING_KEY = "teaching_mode"
-#: The address's query parameter that keeps teaching mode on over reloads (?teaching=1).
-TEACHING_PARAM = "teaching"
 
 
 def _root(variable: str, default: str) -> Path:

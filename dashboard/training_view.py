@@ -31,7 +31,7 @@ from dashboard.loaders import ActiveDataset
 from dashboard.models import model_entries
 from dashboard.state import APP_ROOT, models_root, runs_root
 from dashboard.teacher import READ_ONLY_NOTE, can_control_jobs, require_job_control
-from dashboard.widgets import teaching_note, user_errors
+from dashboard.widgets import fitted_columns, teaching_note, user_errors
 
 #: Seconds between refreshes of the live run view.
 POLL_S = 2.0
@@ -398,12 +398,10 @@ def _runs_fragment() -> None:
         st.rerun(scope="app")
     st.session_state["_train_was_active"] = active
     table = pd.DataFrame([r.row() for r in runs])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"best val AUROC": st.column_config.NumberColumn(format="%.4f"),
-                                "run": st.column_config.TextColumn(width="medium"),
-                                "note": st.column_config.TextColumn(width="large",
-                                                                    help="The whole text is under the table "
-                                                                         "when the run is chosen.")})
+    st.dataframe(table, hide_index=True, width="stretch", column_config=fitted_columns(table, {
+        "best val AUROC": st.column_config.NumberColumn(format="%.4f"),
+        "note": st.column_config.TextColumn(width="large", help="The whole text is under the table when the run "
+                                                                "is chosen.")}))
     ids = [r.run_id for r in runs]
     follow = _run_to_follow(runs)
     if follow is not None:  # a keyed selectbox keeps its own value over `index`: move the value itself

@@ -5,12 +5,15 @@ import functools
 import logging
 import traceback
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import streamlit as st
 
 from cxrcore.errors import CxrError, DataWarning
 from dashboard.state import teaching_mode
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 log = logging.getLogger("cxr_dashboard")
 F = TypeVar("F", bound=Callable)
@@ -35,12 +38,18 @@ def user_errors(what: str = "") -> Iterator[None]:
                  "The details are in the server log.", icon=":material/error:")
 
 
-def keep_state(*keys: str) -> None:
-    """Keep these widgets' values over runs where the widget is not drawn (Streamlit drops a widget's value
-    at the end of a run that did not draw it); call before the widgets, on every run."""
-    for key in keys:
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
+def fitted_columns(frame: "pd.DataFrame", config: dict[str, Any] | None = None, *,
+                   max_px: int = 420) -> dict[str, Any]:
+    """`config` plus a width for every text column it leaves out, wide enough for its longest value and its
+    title: st.dataframe sizes columns from a sample, cutting names such as "valid_leaky" or "Cardiomegaly"."""
+    out = dict(config or {})
+    for column in frame.columns:
+        kind = frame[column].dtype
+        if column in out or kind.kind in "biufcmM":  # numbers, booleans and dates keep Streamlit's own width
+            continue
+        longest = max([len(str(column))] + [len(str(v)) for v in frame[column].dropna().head(2000)])
+        out[column] = st.column_config.TextColumn(width=int(min(max_px, 8 * longest + 30)))
+    return out
 
 
 def section(what: str) -> Callable[[F], F]:

@@ -271,3 +271,14 @@ def test_a_model_without_a_conv_feature_map_offers_only_the_gradient_methods(wor
     assert not at.exception and not at.error
     assert at.selectbox(key="cam_compare_b").value == "smoothgrad"
     assert at.selectbox(key="cam_compare_a").options == ["Gradient", "SmoothGrad", "Integrated Gradients"]
+
+
+def test_compare_and_gradient_settings_survive_switching_to_upload_and_back(page):
+    at = page
+    at.toggle(key="cam_compare").set_value(True).run()
+    at.slider(key="cam_samples").set_value(6).run()
+    at.segmented_control(key="cam_source").set_value("Upload an image").run()  # no image yet: no comparison drawn
+    assert not at.exception and not [t for t in at.toggle if t.key == "cam_compare"]
+    at.segmented_control(key="cam_source").set_value("Browse a split").run()
+    assert not at.exception
+    assert at.toggle(key="cam_compare").value is True and at.slider(key="cam_samples").value == 6
