@@ -146,7 +146,7 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
                                                                             tmp_path, timings):
     import keras
 
-    from cxrcore import training
+    from cxrcore.train import loop as training
     from cxrcore.model import load_model
 
     runs = tmp_path / "runs"

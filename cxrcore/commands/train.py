@@ -154,7 +154,7 @@ def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
 def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cxrcore.jobs import job_logger, tf_config_role
-    from cxrcore.training import run_job
+    from cxrcore.train.loop import run_job
 
     # the chief writes the run's own lines into train.log; other workers of a multi-worker run only print theirs
     own_log = {"log": job_logger(run_dir)} if tf_config_role()[1] else {}
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.probe:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from cxrcore.training import probe
+        from cxrcore.train.loop import probe
 
         result = probe(config, batches=max(1, args.probe_batches))
         print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else result.describe())
