@@ -37,6 +37,14 @@ def _weights(w_pos: Any, w_neg: Any, dtype: Any = np.float32) -> tuple[np.ndarra
     return wp, wn
 
 
+def _tensors(w_pos: Any, w_neg: Any) -> tuple[Any, Any]:
+    """The weights as backend tensors: numpy times a torch tensor fails (numpy's __mul__ goes first)."""
+    from keras import ops
+
+    wp, wn = _weights(w_pos, w_neg)
+    return ops.convert_to_tensor(wp, "float32"), ops.convert_to_tensor(wn, "float32")
+
+
 def weighted_loss_numpy(y_true: np.ndarray, y_pred: np.ndarray, w_pos: Any, w_neg: Any,
                         epsilon: float = EPSILON) -> float:
     """Reference implementation in float64 numpy, class by class exactly as the course writes it."""
@@ -54,7 +62,7 @@ def per_sample_loss(y_true: Any, y_pred: Any, w_pos: Any, w_neg: Any, epsilon: f
     """Per-image loss (batch,): the class sum; its batch mean is the course loss (keras.ops, any backend)."""
     from keras import ops
 
-    wp, wn = _weights(w_pos, w_neg)
+    wp, wn = _tensors(w_pos, w_neg)
     y = ops.cast(y_true, "float32")
     p = ops.cast(y_pred, "float32")
     terms = wp * y * ops.log(p + epsilon) + wn * (1.0 - y) * ops.log(1.0 - p + epsilon)
@@ -65,7 +73,7 @@ def per_sample_loss_from_logits(y_true: Any, logits: Any, w_pos: Any, w_neg: Any
     """Same loss with eps = 0 from logits: log p = log_sigmoid(z), log(1 - p) = log_sigmoid(-z); never NaN/inf."""
     from keras import ops
 
-    wp, wn = _weights(w_pos, w_neg)
+    wp, wn = _tensors(w_pos, w_neg)
     y = ops.cast(y_true, "float32")
     z = ops.cast(logits, "float32")
     terms = wp * y * ops.log_sigmoid(z) + wn * (1.0 - y) * ops.log_sigmoid(-z)

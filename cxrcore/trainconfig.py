@@ -41,6 +41,8 @@ MAX_INPUT_SIZE = 1024
 CACHE_MODES = ("auto", "memory", "disk", "none")
 MIXED_PRECISION = ("auto", "on", "off")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+#: Keras backends a job can train on (cxrcore.train.backend: "auto" takes the one that sees a GPU).
+BACKENDS = ("auto", "tensorflow", "jax", "torch")
 AUTO_PRESET, CUSTOM = "auto", "custom"
 #: Environment variable naming the models root, as the app uses it (default: <base_dir>/models).
 MODELS_ROOT_ENV = "CXR_MODELS_ROOT"
@@ -86,7 +88,7 @@ PRESET_NOTES = {
 }
 
 #: Settings that `train --resume` may change (the architecture and data must stay as checkpointed).
-RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "reduce_lr_patience")
+RESUMABLE_KEYS = ("epochs", "early_stopping_patience", "reduce_lr_patience", "backend")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +201,7 @@ class TrainConfig:
     distribution: str = "auto"
     #: Train on the images present: rows whose image file is missing are dropped (and counted in run.json).
     skip_missing_images: bool = False
+    backend: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (labels as a list)."""
@@ -544,6 +547,7 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
         mixed = "on" if mixed else "off"
     out["mixed_precision"] = _choice({**d, "mixed_precision": mixed}, "mixed_precision", MIXED_PRECISION, source)
     out["distribution"] = _choice(d, "distribution", DISTRIBUTIONS, source)
+    out["backend"] = _choice(d, "backend", BACKENDS, source)  # installed? checked where the job starts
     return TrainConfig(**out)
 
 
@@ -639,7 +643,7 @@ def with_changes(config: TrainConfig, **changes: Any) -> TrainConfig:
     return config_from_dict(data)
 
 
-__all__ = ["AUTO_PRESET", "BACKBONES", "BACKBONE_LABELS", "CUSTOM", "FIELD_NAMES", "Hardware", "IMAGENET_NOTE",
+__all__ = ["AUTO_PRESET", "BACKBONES", "BACKENDS", "BACKBONE_LABELS", "CUSTOM", "FIELD_NAMES", "Hardware", "IMAGENET_NOTE",
            "N_BLOCKS", "N_LAYERS", "PATCH_SIZE", "PRESETS", "PRESET_NOTES", "RESUMABLE_KEYS", "TrainConfig",
            "auto_preset", "config_from_dict", "detect_hardware", "load_config", "parse_override", "preset_changes",
            "preset_values", "read_config_file", "resolve_imagenet_weights", "resolve_path", "with_changes"]

@@ -91,7 +91,7 @@ def _trainable(model: keras.Model) -> set[str]:
 
 
 def test_freezing_first_n_layers_and_last_blocks_per_backbone(tiny_vit):
-    from cxrcore.train.loop import apply_freeze
+    from cxrcore.train.freeze import apply_freeze
 
     resnet = _build("resnet50")
     n_all = len(resnet.trainable_weights)
@@ -275,7 +275,7 @@ def test_a_preset_of_another_vit_or_a_file_is_refused(offline_roots, tiny_vit, t
 
 def test_one_epoch_of_a_tiny_vit_trains_with_first_n_frozen_and_saves_a_loadable_model(tiny_vit, tmp_path):
     from cxrcore import jobs
-    from cxrcore.train.loop import run_job
+    from cxrcore.train.job import run_job
     from tests.test_training import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "shapes", counts=(("train", 32), ("valid", 16)), size=SIZE)

@@ -146,8 +146,9 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
                                                                             tmp_path, timings):
     import keras
 
-    from cxrcore.train import loop as training
     from cxrcore.model import load_model
+    from cxrcore.train import loop
+    from cxrcore.train.job import run_job
 
     runs = tmp_path / "runs"
     config = tiny_config(dataset, epochs=3)
@@ -155,17 +156,17 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
     best, last = run_dir / jobs.BEST_MODEL, run_dir / jobs.CHECKPOINT_DIR / jobs.LAST_CHECKPOINT
     disk = FullDisk(keras.Model.save)
     monkeypatch.setattr(keras.Model, "save", lambda model, filepath, *a, **k: disk.save(model, filepath, *a, **k))
-    real_metrics, scores = training.validation_metrics, itertools.count(1)
+    real_metrics, scores = loop.validation_metrics, itertools.count(1)
 
     def improving(*args, **kwargs):  # every epoch "improves", so every epoch saves best.keras
         return {**real_metrics(*args, **kwargs), "val_auroc": 0.5 + 0.01 * next(scores)}
 
-    monkeypatch.setattr(training, "validation_metrics", improving)
+    monkeypatch.setattr(loop, "validation_metrics", improving)
 
     # epoch 1 saves best.keras; the disk fills while epoch 2 saves the new best model
     disk.arm(best)
     with pytest.raises(ConfigError, match="disk is full"):
-        training.run_job(run_dir, config, log=lambda _m: None)
+        run_job(run_dir, config, log=lambda _m: None)
     assert disk.hits == 1 and best.read_bytes() == disk.before  # byte-identical
     assert load_model(best).info.metadata["epoch"] == 1
     assert leftover_temp_files(run_dir) == []
@@ -182,7 +183,7 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
     # resumed, the disk fills while epoch 2 saves its checkpoint (after writing best.keras and the metrics row)
     disk.arm(last)
     with pytest.raises(ConfigError, match="disk is full"):
-        training.run_job(run_dir, config, resume=True, log=lambda _m: None)
+        run_job(run_dir, config, resume=True, log=lambda _m: None)
     assert disk.hits == 2 and last.read_bytes() == disk.before
     assert zipfile.ZipFile(last).testzip() is None
     assert jobs.read_json(last.parent / jobs.STATE_FILE)["epochs_done"] == 1
@@ -193,7 +194,7 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
 
     # space freed: the resume continues after epoch 1 and writes each epoch's row once
     t0 = time.monotonic()
-    result = training.run_job(run_dir, config, resume=True, log=lambda _m: None)
+    result = run_job(run_dir, config, resume=True, log=lambda _m: None)
     timings["disk_full_final_resume_s"] = time.monotonic() - t0
     assert result.state == "finished" and result.epochs_done == 3
     assert list(jobs.read_metrics(run_dir)["epoch"]) == [1, 2, 3]

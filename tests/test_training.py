@@ -322,7 +322,7 @@ def test_backbones_match_the_model_module():
 
 
 def test_freezing_modes_open_the_right_layers(shapes):
-    from cxrcore.train.loop import apply_freeze, build_models
+    from cxrcore.train.freeze import apply_freeze, build_models
 
     config = tiny(shapes, backbone="densenet121", initial_weights="none", freeze="head")
     model, logits = build_models(config, config.labels)
@@ -350,7 +350,8 @@ def test_freezing_modes_open_the_right_layers(shapes):
 def test_mixed_precision_keeps_the_head_in_float32(shapes):
     import keras
 
-    from cxrcore.train.loop import build_models, export_model
+    from cxrcore.train.export import export_model
+    from cxrcore.train.freeze import build_models
 
     config = tiny(shapes, mixed_precision="on")
     keras.config.set_dtype_policy("mixed_float16")
@@ -371,7 +372,7 @@ def test_mixed_precision_keeps_the_head_in_float32(shapes):
 def test_validation_metrics_match_the_course_loss_and_auroc():
     from cxrcore.loss import weighted_loss_numpy
     from cxrcore.metrics import auroc
-    from cxrcore.train.loop import validation_metrics
+    from cxrcore.train.validation import validation_metrics
 
     rng = np.random.default_rng(1)
     y = (rng.random((40, 3)) < 0.3).astype(np.float32)
@@ -395,7 +396,7 @@ def test_validation_metrics_match_the_course_loss_and_auroc():
 def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shapes, tmp_path):
     from cxrcore import jobs
     from cxrcore.model import load_model
-    from cxrcore.train.loop import run_job
+    from cxrcore.train.job import run_job
 
     config = tiny(shapes, labels=["Mass"], epochs=6, learning_rate=0.003, early_stopping_patience=0,
                   reduce_lr_patience=0, predict_test=True, max_train_images=None, max_valid_images=None)
@@ -439,7 +440,7 @@ def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shape
 def test_tensorboard_events_are_readable_scalars(shapes, tmp_path):
     import tensorflow as tf
 
-    from cxrcore.train.loop import ScalarLog
+    from cxrcore.train.rundir import ScalarLog
 
     log = ScalarLog(tmp_path / "tb")
     log.write(1, {"epoch_loss": 0.5, "epoch_val_auroc": float("nan")})
@@ -449,7 +450,7 @@ def test_tensorboard_events_are_readable_scalars(shapes, tmp_path):
 
 
 def test_probe_estimates_an_epoch_from_a_few_batches(shapes):
-    from cxrcore.train.loop import probe
+    from cxrcore.train.probe import probe
 
     result = probe(tiny(shapes, batch_size=8), batches=2)
     assert result.batches_per_epoch == 16 and result.valid_batches == 6  # 128 / 8, ceil(48 / 8)
@@ -468,11 +469,11 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cxrcore import jobs
 from cxrcore.trainconfig import load_config
-from cxrcore.train.loop import run_job
-import cxrcore.train.loop as training
+from cxrcore.train.job import run_job
+import cxrcore.train.devices as devices
 config = load_config(sys.argv[1])
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-training.select_strategy = lambda distribution, gpus: (strategy, "MirroredStrategy over 2 logical CPUs", False)
+devices.select_strategy = lambda distribution, gpus: (strategy, "MirroredStrategy over 2 logical CPUs", False)
 run_dir = jobs.create_run(sys.argv[2], config)
 result = run_job(run_dir, config)
 print(json.dumps({"run": str(run_dir), "state": result.state}))

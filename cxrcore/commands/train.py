@@ -109,6 +109,8 @@ def _resume(args: argparse.Namespace) -> int:
                               fix=f"only {', '.join(RESUMABLE_KEYS)} can change; start a new run for other settings.")
         if changes:
             config = with_changes(config, **changes)
+        _check_backend(config)
+        if changes:
             atomic_write_text(run_dir / CONFIG_FILE, config.to_json())
     if not args.ignore_job_limit:
         _claim_job_slot(run_dir, created=False)
@@ -151,10 +153,17 @@ def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
         raise
 
 
+def _check_backend(config) -> None:
+    """A backend that is not installed here is refused before any folder is made (ConfigError: what to install)."""
+    from cxrcore.train.backend import choose_backend
+
+    choose_backend(config.backend)
+
+
 def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cxrcore.jobs import job_logger, tf_config_role
-    from cxrcore.train.loop import run_job
+    from cxrcore.train.job import run_job
 
     # the chief writes the run's own lines into train.log; other workers of a multi-worker run only print theirs
     own_log = {"log": job_logger(run_dir)} if tf_config_role()[1] else {}
@@ -192,12 +201,13 @@ def run(args: argparse.Namespace) -> int:
     prepared = _prepared_folder(config_path) if config_path else None
     with _failure_recorded(prepared) if prepared else contextlib.nullcontext():
         config = load_config(args.config, _overrides(args))
+        _check_backend(config)
     if args.dry_run:
         print(config.to_json(), end="")
         return 0
     if args.probe:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from cxrcore.train.loop import probe
+        from cxrcore.train.probe import probe
 
         result = probe(config, batches=max(1, args.probe_batches))
         print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else result.describe())
