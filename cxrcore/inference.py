@@ -62,6 +62,9 @@ def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLi
 
     import keras
 
+    if keras.backend.backend() != "tensorflow":  # JAX / PyTorch (predict --backend): no tf.data
+        return reorder_outputs(_predict_from_cache(loaded, split, image_root, batch_size, progress),
+                               loaded.info.labels, LABELS)
     paths = resolve_image_paths(split.frame, image_root)
     info = loaded.info
     dataset = image_dataset(paths, input_size=info.input_size, batch_size=batch_size,
@@ -88,6 +91,25 @@ def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLi
             raise
         raise found from None
     return reorder_outputs(raw, info.labels, LABELS)
+
+
+def _predict_from_cache(loaded: LoadedModel, split: Split, image_root: str | os.PathLike, batch_size: int,
+                        progress: ProgressCallback | None) -> np.ndarray:
+    """Raw model outputs through the decoded-image cache (cxrcore.train.image_cache) on backends without tf.data."""
+    from cxrcore.pipeline import resolve_image_paths
+    from cxrcore.train.batches import ImageBatches
+    from cxrcore.train.image_cache import open_image_cache
+
+    paths = resolve_image_paths(split.frame, image_root)
+    cache = open_image_cache(paths, loaded.info.input_size, os.environ.get("CXR_CACHE_ROOT") or "cache",
+                             progress=(lambda done, total: progress(done, total, "decoding")) if progress else None)
+    batches = ImageBatches(cache, None, batch_size=batch_size, normalization=loaded.info.normalization)
+    out = []
+    for i in range(len(batches)):
+        out.append(np.asarray(loaded.model.predict_on_batch(batches[i]), dtype=np.float32))
+        if progress:
+            progress(min(len(paths), (i + 1) * batch_size), len(paths), "predicting")
+    return np.concatenate(out, axis=0)
 
 
 def decoding_error(err: Exception, suspects: list[str]) -> CxrError | None:

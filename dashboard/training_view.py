@@ -230,7 +230,23 @@ def _settings_widgets(preset: str, entry_splits: list[str], pair: tuple[str, str
         out["seed"] = int(a5.number_input("Seed", 0, 2**31 - 1, int(d["seed"]), 1, key=k + "seed"))
         out["predict_test"] = st.toggle("Predict the test split at the end (for the Results page)",
                                         value=bool(d["predict_test"]), key=k + "predict_test")
+        options, auto_why = backend_options()
+        out["backend"] = st.selectbox("Keras backend", options, index=0, key=k + "backend",
+                                      help="The library the job trains with; every backend saves the same .keras "
+                                           f"model. auto: {auto_why}")
     return out
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def backend_options() -> tuple[list[str], str]:
+    """("auto" and the Keras backends installed here, what "auto" takes here in words)."""
+    from cxrcore.train.backend import choose_backend, installed
+
+    try:
+        why = choose_backend("auto", has_gpu=hardware().has_gpu).why
+    except ConfigError as err:
+        why = err.problem
+    return ["auto"] + [name for name in ("tensorflow", "jax", "torch") if installed(name)], why
 
 
 def render_new_run(dataset: ActiveDataset | None) -> None:
