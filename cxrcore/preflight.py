@@ -112,7 +112,7 @@ def check_splits(splits: dict[str, "Split"], image_root: str | os.PathLike, *,
 
 def check_run(config: "TrainConfig") -> Preflight:
     """`check_splits` on the splits a config trains on (test too when it predicts it at the end)."""
-    from cxrcore.training import load_spec
+    from cxrcore.train.data import load_spec
 
     specs = {"train": config.train_split, "valid": config.valid_split}
     if config.test_split and config.predict_test:

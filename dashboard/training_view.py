@@ -321,7 +321,8 @@ SETTING_LABELS = {"train_split": "Training split", "valid_split": "Validation sp
                   "initial_weights": "Initial weights", "augmentation": "Augmentation", "seed": "Seed",
                   "max_train_images": "Max training images", "max_valid_images": "Max validation images",
                   "early_stopping_patience": "Early stopping patience", "reduce_lr_patience": "Reduce LR patience",
-                  "dataset": "Dataset", "image_root": "Image folder", "test_split": "Test split"}
+                  "dataset": "Dataset", "image_root": "Image folder", "test_split": "Test split",
+                  "backend": "Keras backend"}
 
 
 def _sentence(text: str) -> str:

@@ -65,7 +65,7 @@ def test_missing_images_are_counted_and_can_be_left_out(mini):
     skipping = preflight.check_run(config_from_dict({**config.to_dict(), "skip_missing_images": True}))
     assert not skipping.blocking and "trains on the images present (40 training and 8 test images)" \
         in skipping.findings[0].text
-    from cxrcore.training import load_spec
+    from cxrcore.train.data import load_spec
 
     dropped, n = preflight.drop_missing(load_spec(config.train_split, "train"), config.image_root)
     assert n == 2 and len(dropped) == 40 and not set(gone) & set(dropped.frame["Image"])
@@ -80,7 +80,7 @@ def test_a_split_with_none_of_its_images_blocks_even_when_skipping(mini):
 
 
 def test_prepare_data_leaves_out_missing_rows_and_records_how_many(mini):
-    from cxrcore.training import prepare_data
+    from cxrcore.train.data import prepare_data
 
     (mini / "images" / "00000001_000.png").unlink()
     config = config_from_dict({"preset": "demo", "dataset": str(mini), "skip_missing_images": True,
