@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: run test setup chromium nginx demo demo-model bench clean
+.PHONY: run test setup chromium nginx demo demo-model bench clean gpu
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ nginx:
 TEST_WORKERS ?= 2
 test: setup chromium nginx
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# A GPU training machine: Keras on JAX with CUDA (CUDA=cuda13 by default, CUDA=cuda12 for older NVIDIA
+# drivers) and the light requirements, no TensorFlow; training jobs then pick JAX ("auto", see README).
+CUDA ?= cuda13
+gpu:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-gpu.txt "jax[$(CUDA)]==0.10.2"
+	$(PY) -c "import jax; print('JAX sees', jax.devices())"
 
 bench: setup
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -2,12 +2,14 @@
 
     python -m cxrcore predict --model PATH --split FILE --images DIR --out PREDS.csv [--batch N]
         [--normalize-from TRAIN_FILE] [--shard I/N] [--cache DIR | --no-cache] [--missing error|skip]
+        [--backend auto|tensorflow|jax|torch]
     python -m cxrcore predict --merge PART.csv [PART.csv ...] --out PREDS.csv
 
 Output: `Image` plus one `prob_<Label>` column per class the model predicts. Results are cached per
 (model file, split) under --cache (default cache/predictions). Several GPUs on one machine are used
 through MirroredStrategy; --shard I/N predicts the I-th of N contiguous blocks (I from 1) so several
-machines can share a split, and --merge joins their outputs.
+machines can share a split, and --merge joins their outputs. --backend runs the model on another Keras
+backend (a GPU machine without TensorFlow: jax or torch; images then come through the decoded-image cache).
 
 Images of the split that are not on disk are an error (naming them); with --missing skip the present
 ones are predicted, the missing ones are named on stderr, and PREDS_images.txt lists the predicted
@@ -39,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--missing", choices=("error", "skip"), default="error",
                         help="images of the split not on disk: error (default), or skip them, predict the "
                              "others and write OUT_images.txt listing the predicted images")
+    parser.add_argument("--backend", default="tensorflow", choices=("auto", "tensorflow", "jax", "torch"),
+                        help="Keras backend to predict with (default tensorflow; auto: the one that sees a GPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -93,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"missing {', '.join(missing)}.", fix="see python -m cxrcore predict --help.")
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}.")
+    from cxrcore.train.backend import activate, choose_backend
+
+    activate(choose_backend(args.backend).name)  # before anything imports Keras
     from cxrcore.commands import input_files, quiet_native_stderr
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, refuse_overwriting_inputs,
@@ -170,9 +177,13 @@ def _load(path: str, info):
     from cxrcore.commands import quiet_native_stderr
 
     with quiet_native_stderr():
-        import tensorflow as tf
+        import keras
 
         from cxrcore.model import load_model
+
+        if keras.backend.backend() != "tensorflow":
+            return load_model(path, info)
+        import tensorflow as tf
 
         if len(tf.config.list_physical_devices("GPU")) > 1:
             with tf.distribute.MirroredStrategy().scope():
