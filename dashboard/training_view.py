@@ -9,6 +9,7 @@ start, resume, cancel and probe controls are the teacher's (dashboard/teacher.py
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
