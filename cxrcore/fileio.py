@@ -167,25 +167,21 @@ def read_table_bytes(source: str | os.PathLike | bytes, *, error: type[CxrError]
 
 
 def check_line_lengths(data: bytes, *, error: type[CxrError], file: str) -> None:
-    """Refuse a text whose longest line passes MAX_LINE_BYTES (one 200 MB field cost 1.9 GB in pandas)."""
+    """Refuse a text whose longest line passes MAX_LINE_BYTES (one 200 MB field cost 1.9 GB in pandas).
+    One vectorised pass over the newlines (a million-row file: milliseconds)."""
     longest = limit(*MAX_LINE_BYTES)
     if len(data) <= longest:
         return
-    start = 0
-    for line_no, end in enumerate(_newlines(data), 1):
-        if end - start > longest:
-            raise error(f"line {line_no} is {_mib(end - start)} long, more than the {_mib(longest)} a line may "
-                        "have (a labels or predictions row is under 1 kB).", file=file,
-                        fix="check that this is the right file and that its quotes are balanced.")
-        start = end + 1
+    import numpy as np
 
-
-def _newlines(data: bytes) -> Iterator[int]:
-    pos = data.find(b"\n")
-    while pos >= 0:
-        yield pos
-        pos = data.find(b"\n", pos + 1)
-    yield len(data)
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    lengths = np.diff(np.concatenate(([-1], ends, [len(data)]))) - 1
+    over = np.flatnonzero(lengths > longest)
+    if over.size:
+        line_no, length = int(over[0]) + 1, int(lengths[over[0]])
+        raise error(f"line {line_no} is {_mib(length)} long, more than the {_mib(longest)} a line may "
+                    "have (a labels or predictions row is under 1 kB).", file=file,
+                    fix="check that this is the right file and that its quotes are balanced.")
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
