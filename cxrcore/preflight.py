@@ -95,7 +95,7 @@ def check_splits(splits: dict[str, "Split"], image_root: str | os.PathLike, *,
         else:
             findings.append(Finding("error", "missing_images", f"{what} The run would stop when it reaches them. "
                                     "Copy the missing files into the image folder, or train on the images present "
-                                    "(the switch below)."))
+                                    "(skip_missing_images)."))
     if "train" in splits and "valid" in splits:
         shared = shared_patient_count(splits["train"], splits["valid"])
         if shared:

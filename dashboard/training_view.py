@@ -344,9 +344,9 @@ def settings_error_text(err: ConfigError) -> str:
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=32)
-def _preflight(config_json: str, folder_stamp: float) -> "preflight.Preflight":
-    """The checks before launch, once per config and image-folder version (its modification time)."""
-    return preflight.check_run(config_from_dict(json.loads(config_json)))
+def _preflight(config_json: str, folder_stamp: float, _config: TrainConfig) -> "preflight.Preflight":
+    """The checks before launch, once per config (its JSON) and image-folder version (its modification time)."""
+    return preflight.check_run(_config)
 
 
 def render_preflight(config: TrainConfig) -> "preflight.Preflight":
@@ -356,7 +356,7 @@ def render_preflight(config: TrainConfig) -> "preflight.Preflight":
         stamp = Path(config.image_root or "").stat().st_mtime
     except OSError:
         stamp = 0.0
-    checks = _preflight(config.to_json(), stamp)
+    checks = _preflight(config.to_json(), stamp, config)
     for finding in checks.findings:
         if finding.level == "error":
             st.error(finding.text, icon=":material/error:")

@@ -140,3 +140,35 @@ def test_the_form_warns_of_shared_patients_and_offers_to_skip_missing_images(off
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1
     assert json.loads((runs[0] / "config.json").read_text())["skip_missing_images"] is True
+
+
+def _cli(*args: str, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.app_support import ROOT
+
+    return subprocess.run([sys.executable, "-m", "cxrcore", "train", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=120)
+
+
+def test_cli_preset_auto_offline_is_the_demo_preset_and_says_why(offline, mini):
+    done = _cli("--preset", "auto", "--dataset", str(mini), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["preset"] == "demo"
+    assert "preset auto: The demo preset (a small CNN trained from scratch) was chosen" in done.stderr
+
+
+def test_cli_refuses_missing_images_before_the_run_and_names_the_setting(offline, mini, tmp_path):
+    (mini / "images" / "00000001_000.png").unlink()
+    runs = tmp_path / "cli-runs"
+    done = _cli("--preset", "demo", "--dataset", str(mini), "--runs-root", str(runs))
+    assert done.returncode == 2
+    assert "1 of the 42 training images are not in the image folder" in done.stderr
+    assert "--set skip_missing_images=true" in done.stderr and not runs.exists()
+    leaky = _cli("--preset", "demo", "--dataset", str(mini), "--set", "valid_split=valid_leaky", "--set",
+                 "skip_missing_images=true", "--dry-run")
+    assert leaky.returncode == 0, leaky.stderr
+    assert "warning: 3 patient(s) have images in both the training split (train)" in leaky.stderr
+    assert "warning: 1 of the 42 training images" in leaky.stderr and json.loads(leaky.stdout)["skip_missing_images"]

@@ -172,6 +172,28 @@ def _train(run_dir: Path, config, *, resume: bool) -> int:
     return EXIT_CANCELLED if result.state == "cancelled" else 0
 
 
+def _file_preset(config_path: Path | None) -> str | None:
+    from cxrcore.trainconfig import read_config_file
+
+    return read_config_file(config_path).get("preset") if config_path is not None else None
+
+
+def _preflight(config) -> None:
+    """The checks the Training page shows before Start (cxrcore.preflight): warnings on stderr, and a run that
+    would fail (image files missing) refused before it starts, with the setting that trains on the rest."""
+    from cxrcore.errors import ConfigError
+    from cxrcore.preflight import check_run
+
+    checks = check_run(config)
+    for finding in checks.findings:
+        if finding.level == "error":
+            fix = ("add --set skip_missing_images=true to train on the images present, or copy the missing "
+                   "files into the image folder." if finding.topic == "missing_images" and not
+                   config.skip_missing_images else None)
+            raise ConfigError(finding.text, fix=fix)
+        print(f"warning: {finding.text}", file=sys.stderr)
+
+
 def _prepared_folder(config_path: Path) -> Path | None:
     """A config.json inside a run folder made by create_run / the Training page trains in that folder."""
     from cxrcore.jobs import STATUS_FILE
@@ -202,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
     with _failure_recorded(prepared) if prepared else contextlib.nullcontext():
         config = load_config(args.config, _overrides(args))
         _check_backend(config)
+        if _overrides(args).get("preset", "") == "auto" or (not args.preset and _file_preset(config_path) == "auto"):
+            from cxrcore.trainconfig import auto_preset
+
+            print(f"preset auto: {auto_preset()[1]}", file=sys.stderr)
+        _preflight(config)
     if args.dry_run:
         print(config.to_json(), end="")
         return 0
