@@ -633,18 +633,20 @@ def explanation_figure(image: np.ndarray, result: ImageMaps, *, opacity: float =
     original = draw_boxes(base, boxes, scale=scale) if boxes else base
     panels, titles = [original], ["original" + (f" ({', '.join(truth)})" if truth else "")]
     for label, heat in zip(result.labels, result.maps):
-        panel = overlay(shown, cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), opacity, colormap)
+        flat = is_flat(heat)  # no colour for a map without information: "cold everywhere" would be a claim
+        panel = base.copy() if flat else overlay(shown, cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR),
+                                                 opacity, colormap)
         own = [(name, box) for name, box in boxes if name == label]
         if own:
             panel = draw_boxes(panel, own, scale=scale, label=False, color=(255, 255, 255))
         mark = " *" if label in truth else ""
-        titles.append(f"{label}{mark} p={result.prob(label):.2f}")
+        titles.append(f"{label}{mark} p={result.prob(label):.2f}" + (" (no evidence)" if flat else ""))
         panels.append(panel)
     return figure(panels, titles, columns=columns, panel_size=panel_size)
 
 
 __all__ = ["CAM_METHODS", "COLORMAPS", "CamModel", "GRADIENT_METHODS", "ImageMaps", "METHODS", "METHOD_TITLES",
            "cam_model", "check_method", "colorize", "describe_method", "draw_boxes", "explain", "explain_batch",
-           "explanation_figure", "figure", "gray_rgb", "is_flat", "label_positions", "map_layers", "method_support", "normalize_maps",
-           "output_indices", "overlay", "png_bytes", "postprocess", "raw_maps", "supported_methods", "top_labels",
-           "upsample_maps"]
+           "explanation_figure", "figure", "gray_rgb", "is_flat", "label_positions", "map_layers", "method_support",
+           "normalize_maps", "output_indices", "overlay", "png_bytes", "postprocess", "raw_maps", "supported_methods",
+           "top_labels", "upsample_maps"]

@@ -144,3 +144,23 @@ def test_text_columns_are_wide_enough_for_their_longest_value():
     config = fitted_columns(frame, {"label": "kept"})
     assert config["label"] == "kept" and "n" not in config
     assert config["split b"]["width"] >= 8 * len("valid_leaky")
+
+
+def test_a_flat_map_is_drawn_without_colour_and_said_in_words():
+    import cv2
+
+    from dashboard.cam_view import NO_EVIDENCE, _panels
+
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64)).astype(np.float32)
+    heat = np.zeros((2, 64, 64), np.float32)
+    heat[1, 10:20, 10:20] = 1.0
+    result = cam.ImageMaps(maps=heat, labels=("Mass", "Nodule"), probs=np.full(14, 0.3), method="gradcam",
+                           layer="conv")
+    panels = _panels(("k",), "a.png", ("Mass", "Nodule"), (), (), 0.4, "jet", (1.0, 1.0), image, result)
+    flat, informative = (cv2.imdecode(np.frombuffer(p[0], np.uint8), cv2.IMREAD_COLOR) for p in panels[1:])
+    assert panels[1][1].endswith(NO_EVIDENCE) and NO_EVIDENCE not in panels[2][1]
+    assert np.abs(flat.astype(int) - flat[..., :1]).max() <= 8  # gray (JPEG noise aside): no colormap
+    assert np.abs(informative.astype(int) - informative[..., :1]).max() > 50
+    figure = cam.explanation_figure(image, result, columns=3, panel_size=64)
+    assert figure.shape[0] > 64
