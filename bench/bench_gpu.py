@@ -93,8 +93,11 @@ def _entries(data: Path, n: int, folder: Path) -> list[str]:
 
 
 def _decode_chunk(chunk: list[str], size: int) -> int:
+    import cv2
+
     from cxrcore.train.image_cache import decode_for_cache
 
+    cv2.setNumThreads(1)  # as the cache's workers: one thread each, the processes make the parallelism
     for path in chunk:
         decode_for_cache(path, size, None)
     return len(chunk)
