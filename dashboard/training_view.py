@@ -473,11 +473,12 @@ def render_run(run: jobs.RunSummary) -> None:
                    "Resume continues from the last completed epoch.", icon=":material/warning:")
     if s.get("error"):
         st.error(f"**Why it failed:** {s['error']}", icon=":material/error:")
-    elif state in ("failed", "interrupted"):
-        last = jobs.log_tail(run.path, lines=8, name=jobs.RAW_LOG_FILE)
-        if last:
-            st.error("The process ended without giving a reason of its own; the last lines it printed (raw.log):",
-                     icon=":material/error:")
+    elif state == "failed" and (last := jobs.log_tail(run.path, lines=8, name=jobs.RAW_LOG_FILE)):
+        st.error("The process ended without giving a reason of its own; the last lines it printed (raw.log):",
+                 icon=":material/error:")
+        st.code(last, language=None)
+    elif state == "interrupted" and (last := jobs.log_tail(run.path, lines=8, name=jobs.RAW_LOG_FILE)):
+        with st.expander("The last lines the process printed (raw.log): a crash says why here"):
             st.code(last, language=None)
     elif s.get("message"):
         st.caption(s["message"])
