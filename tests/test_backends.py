@@ -254,3 +254,17 @@ def test_probe_times_steps_on_the_chosen_backend(name, shapes, no_tensorflow, tm
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["batches_per_epoch"] == 6 and result["seconds_per_batch"] > 0 and name in result["device"]
+
+
+def test_jax_data_parallel_spreads_each_batch_over_the_devices(shapes, no_tensorflow, tmp_path):
+    """Two XLA CPU devices stand in for two GPUs: keras.distribution.DataParallel, a global batch of 2 x 8."""
+    config = tiny(shapes, backend="jax", epochs=1, distribution="mirrored", max_train_images=32)
+    run_dir = jobs.create_run(tmp_path / "runs", config)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(no_tensorflow), str(ROOT)]),
+           "CXR_CACHE_ROOT": str(tmp_path / "cache"), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-m", "cxrcore", "train", "--config", str(run_dir / "config.json"),
+                           "--ignore-job-limit"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = jobs.read_json(run_dir / "run.json")
+    assert run["replicas"] == 2 and run["global_batch_size"] == 16 and "DataParallel over 2" in run["strategy"]
+    assert list(jobs.read_metrics(run_dir)["epoch"]) == [1] and status_of(run_dir)["state"] == "finished"

@@ -75,10 +75,22 @@ def _subset(frame: "pd.DataFrame", limit: int | None, seed: int) -> "pd.DataFram
     return frame.sample(n=limit, random_state=seed).sort_index()
 
 
+def _fit_normalization(config: TrainConfig, frame: "pd.DataFrame") -> "Normalization":
+    """'dataset' normalization fitted on training images: through tf.data on TensorFlow, else the image cache."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        from cxrcore.pipeline import estimate_normalization
+
+        return estimate_normalization(frame, config.image_root, input_size=config.input_size, seed=config.seed)
+    from cxrcore.train.inputs import estimate_normalization_cached
+
+    return estimate_normalization_cached(frame, config.image_root, input_size=config.input_size,
+                                         cache_dir=config.cache_dir, seed=config.seed)
+
+
 def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization: bool = True) -> TrainingData:
     """Load the splits, take the CPU-preset subsets, compute class weights and (dataset mode) mean/std."""
     from cxrcore.loss import class_weights
-    from cxrcore.pipeline import Normalization, estimate_normalization, label_matrix
+    from cxrcore.pipeline import Normalization, label_matrix
 
     train = load_spec(config.train_split, "train")
     valid = load_spec(config.valid_split, "valid")
@@ -127,8 +139,7 @@ def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization
         notes.append(f"AUROC undefined on validation for {', '.join(missing)} (no positives or no negatives): "
                      "left out of the mean.")
     if config.normalization == "dataset":
-        norm = (estimate_normalization(train_frame, config.image_root, input_size=config.input_size,
-                                       seed=config.seed) if fit_normalization else Normalization.dataset(0.5, 0.25))
+        norm = (_fit_normalization(config, train_frame) if fit_normalization else Normalization.dataset(0.5, 0.25))
     else:
         norm = Normalization(config.normalization)
     fingerprints = {role: split_fingerprint(spec) for role, spec in config.split_files().items()}

@@ -165,6 +165,21 @@ def image_batches(frame: "pd.DataFrame", image_root: str, *, input_size: int, no
     return prefetch(batches[i] for i in range(len(batches)))
 
 
+def estimate_normalization_cached(frame: "pd.DataFrame", image_root: str, *, input_size: int, cache_dir: str,
+                                  sample_size: int = 100, seed: int = 0) -> Any:
+    """cxrcore.pipeline.estimate_normalization (mean, std of the raw pixels of a sample of training images) read
+    from the decoded-image cache, for backends without tf.data."""
+    import numpy as np
+
+    from cxrcore.pipeline import Normalization
+
+    sample = frame.sample(n=min(int(sample_size), len(frame)), random_state=seed)
+    gray = np.concatenate([x[..., 0] for x in image_batches(sample, image_root, input_size=input_size,
+                                                            normalization=None, batch_size=32, backend="cached",
+                                                            cache_dir=cache_dir)]).astype(np.float64)
+    return Normalization.dataset(float(gray.mean()), max(float(gray.std()), 1e-6))
+
+
 class _Reiterable:
     """An iterable that starts a new iterator each time (validation runs every epoch)."""
 
