@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrcore import jobs
 from cxrcore.errors import ConfigError
-from cxrcore.train.inputs import cache_root
 from cxrcore.train.backend import BackendChoice, activate, choose_backend, enable_compilation_cache
+from cxrcore.train.inputs import cache_root
 from cxrcore.train.rundir import Log, print_log
 from cxrcore.trainconfig import TrainConfig
 
