@@ -399,7 +399,8 @@ def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shape
     from cxrcore.train.job import run_job
 
     config = tiny(shapes, labels=["Mass"], epochs=6, learning_rate=0.003, early_stopping_patience=0,
-                  reduce_lr_patience=0, predict_test=True, max_train_images=None, max_valid_images=None)
+                  reduce_lr_patience=0, predict_test=True, max_train_images=None, max_valid_images=None,
+                  class_weighting=True)  # the demo preset has none since #19; this test pins the recorded weights
     run_dir = jobs.create_run(tmp_path / "runs", config)
     lines: list[str] = []
     result = run_job(run_dir, config, log=lines.append)
