@@ -365,8 +365,9 @@ def same_image_score(thumb_a: np.ndarray, thumb_b: np.ndarray, read_a: Callable[
 def _reader(root: Path, name: str) -> Callable[[], np.ndarray | None]:
     def read() -> np.ndarray | None:
         try:
-            return _decode_gray(resolve_image(root, name).read_bytes())
-        except (DatasetError, OSError):
+            return _decode_gray(read_file_bytes(resolve_image(root, name), error=ImageError, what="image file",
+                                                max_bytes=limit(*MAX_IMAGE_BYTES)))
+        except (DatasetError, ImageError, OSError):
             return None
     return read
 
