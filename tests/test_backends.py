@@ -268,3 +268,15 @@ def test_jax_data_parallel_spreads_each_batch_over_the_devices(shapes, no_tensor
     run = jobs.read_json(run_dir / "run.json")
     assert run["replicas"] == 2 and run["global_batch_size"] == 16 and "DataParallel over 2" in run["strategy"]
     assert list(jobs.read_metrics(run_dir)["epoch"]) == [1] and status_of(run_dir)["state"] == "finished"
+
+
+def test_precision_is_bfloat16_where_the_gpu_has_it_float16_elsewhere_and_off_on_cpus(shapes, monkeypatch):
+    from cxrcore.train import devices
+
+    gpus = ["NVIDIA H200"]
+    monkeypatch.setattr(devices, "has_bfloat16", lambda _backend, found: bool(found) and found[0].endswith("H200"))
+    assert devices.precision_policy(tiny(shapes), "jax", []) == "float32"
+    assert devices.precision_policy(tiny(shapes), "jax", gpus) == "mixed_bfloat16"  # no loss scaling
+    assert devices.precision_policy(tiny(shapes), "torch", ["Tesla V100"]) == "mixed_float16"  # loss-scaled
+    assert devices.precision_policy(tiny(shapes, mixed_precision="off"), "jax", gpus) == "float32"
+    assert devices.precision_policy(tiny(shapes, mixed_precision="on"), "tensorflow", []) == "mixed_float16"
