@@ -88,7 +88,7 @@ def _table_text(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
 
 
-def _table_markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table; a "|" inside a cell (header "max |dev|" too) is escaped, or it would split the cell."""
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -113,7 +113,7 @@ def render(report: AuditReport, fmt: str = "text") -> str:
     """Text or Markdown report: verdict, per-pair leakage, balance per split, shift, image checks."""
     if fmt == "json":
         return to_json(report)
-    table = _table_markdown if fmt == "markdown" else _table_text
+    table = markdown_table if fmt == "markdown" else _table_text
     heading = (lambda t: f"## {t}") if fmt == "markdown" else (lambda t: f"{t}\n{'=' * len(t)}")
     out = [("# Split audit" if fmt == "markdown" else "SPLIT AUDIT"), "", f"**{verdict(report)}**"
            if fmt == "markdown" else verdict(report), ""]

@@ -28,6 +28,7 @@ from cxrcore.dataset import FORMAT_LIST, FORMAT_ONEHOT, IMAGE, PATIENT, Split, w
 from cxrcore.errors import DatasetError
 from cxrcore.fileio import atomic_write_text, refuse_overwriting_inputs, writing
 from cxrcore.labels import LABELS
+from cxrcore.report import markdown_table
 
 #: Fractions must add up to 1 within this.
 FRACTION_TOLERANCE = 1e-6
@@ -453,7 +454,7 @@ class BalanceReport:
         if fmt == "json":
             return self.to_json() + "\n"
         markdown = fmt == "markdown"
-        table = _table_markdown if markdown else _table_text
+        table = markdown_table if markdown else _table_text
         sub = "#" * min(6, heading_level + 1)
         heading = (lambda t: f"{sub} {t}") if markdown else (lambda t: f"{t}\n{'-' * len(t)}")
         title = "Split repair" if self.mode == MODE_REPAIR else "Stratified split"
@@ -491,14 +492,6 @@ def _table_text(header: list[str], rows: list[list[str]]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]])
-
-
-def _table_markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; a "|" inside a cell (header "max |dev|" too) is escaped, or it would split the cell."""
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *[line(r) for r in rows]])
 
 
 def balance_report(mode: str, before: list[Split], after: list[Split], **extra) -> BalanceReport:

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrcore import cam
-from cxrcore.report import _table_markdown, format_p
+from cxrcore.report import format_p, markdown_table
 from tests.app_support import ROOT
 
 
@@ -21,7 +21,7 @@ def _cells(line: str) -> int:
 
 
 def test_markdown_tables_escape_pipes_in_the_header_too():
-    table = _table_markdown(["split", "max |dev|"], [["a|b", "0.1"]]).splitlines()
+    table = markdown_table(["split", "max |dev|"], [["a|b", "0.1"]]).splitlines()
     assert len({_cells(line) for line in table}) == 1  # header, rule and rows have the same number of cells
     assert "max \\|dev\\|" in table[0]
 
