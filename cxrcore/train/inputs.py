@@ -2,15 +2,13 @@
 
 TensorFlow: tf.data pipelines (decoding in parallel, cached decoded images; distributed over the
 strategy's replicas and, multi-worker, sharded per worker). JAX and PyTorch: every image decoded once
-into a memory-mapped cache (cxrcore.train.image_cache) read as numpy batches (cxrcore.train.batches),
-with no TensorFlow in the process; the next batch is read in a thread while the device trains.
+into a memory-mapped cache (cxrcore.train.image_cache) read as numpy batches (cxrcore.train.batches,
+the next batch prepared in a thread while the device trains), with no TensorFlow in the process.
 """
 from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -142,9 +140,9 @@ def cached_feed(config: TrainConfig, data: TrainingData, batch_size: int, *, dro
 
     def epoch(number: int) -> Iterator[Any]:
         train.set_epoch(number)
-        return prefetch(train[i] for i in range(len(train)))
+        return train.iterate()
 
-    return Feed(epoch, len(train), _Reiterable(lambda: prefetch(valid[i] for i in range(len(valid)))))
+    return Feed(epoch, len(train), _Reiterable(valid.iterate))
 
 
 def image_batches(frame: "pd.DataFrame", image_root: str, *, input_size: int, normalization: Any, batch_size: int,
@@ -162,7 +160,7 @@ def image_batches(frame: "pd.DataFrame", image_root: str, *, input_size: int, no
 
     cache = open_image_cache(resolve_image_paths(frame, image_root), input_size, _cache_root(cache_dir))
     batches = ImageBatches(cache, None, batch_size=batch_size, normalization=normalization)
-    return prefetch(batches[i] for i in range(len(batches)))
+    return batches.iterate()
 
 
 def estimate_normalization_cached(frame: "pd.DataFrame", image_root: str, *, input_size: int, cache_dir: str,
@@ -188,43 +186,3 @@ class _Reiterable:
 
     def __iter__(self) -> Iterator[Any]:
         return self._start()
-
-
-_END = object()
-
-
-def prefetch(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Read the next `depth` batches in a thread while the caller trains on the current one."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fill() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-            put(_END)
-        except BaseException as err:  # noqa: BLE001 - handed to the reader, raised there
-            put(err)
-
-    thread = threading.Thread(target=fill, name="cxr-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
