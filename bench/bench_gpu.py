@@ -16,8 +16,8 @@ Prints, each measured in this run:
    CPU ms per image (wall-clock rates on a loaded machine mislead; CPU time per image does not).
 2. Training (one child process per backend, as a job would be): the project's DenseNet121
    (cxrcore.model.build_model, logits head, cxrcore.loss) trained with the project's own step
-   (cxrcore.train.steps.make_steps) at --batch, bf16 on GPUs: img/s fed from the cache (prefetched
-   ImageBatches) and from one batch held in memory (their ratio: target >= 0.9), prediction img/s, and the
+   (cxrcore.train.steps.make_steps) at --batch, bf16 on GPUs: img/s fed from the cache (ImageBatches
+   through cxrcore.train.inputs.prefetch, as a job's feed) and from one batch held in memory (their ratio: target >= 0.9), prediction img/s, and the
    time to the first step. JAX runs twice with one persistent compilation cache: the second process is
    "a second job" (target: first step < 15 s). torchvision's DenseNet121 (bf16 autocast, channels_last,
    eager, batch on the device) runs in its own child; ratios to it (targets: training >= 1.3x,
@@ -239,6 +239,18 @@ def training_part(args: argparse.Namespace, work: Path) -> dict:
     return results
 
 
+def _reason(error: str) -> str:
+    """The line of a child's output that says what went wrong (not JAX's note about its traceback)."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
+    named = [ln for ln in lines if "Error" in ln.split(":")[0] or ln.startswith(("SystemExit", "exit "))]
+    return (named or lines or ["?"])[-1][:200]
+
+
+def failed_backends(r: dict) -> list[str]:
+    """Keras backends whose measure failed (torchvision's own failures are reported, not counted)."""
+    return [x["backend"] for x in r["runs"] if "error" in x and x["backend"] != "torchvision"]
+
+
 def print_training(r: dict, args: argparse.Namespace) -> None:
     print(f"\n2. training DenseNet121, {args.size} px, batch {args.batch}, {args.steps} timed steps")
     print(f"   {'backend':<18}{'device':<10}{'precision':<16}{'train files':>12}{'in memory':>11}"
@@ -246,7 +258,7 @@ def print_training(r: dict, args: argparse.Namespace) -> None:
     ref = next((x for x in r["runs"] if x.get("backend") == "torchvision" and "error" not in x), None)
     for x in r["runs"]:
         if "error" in x:
-            print(f"   {x['backend']:<18}skipped: {x['error'].splitlines()[-1][:150]}")
+            print(f"   {x['backend']:<18}FAILED: {_reason(x['error'])}")
             continue
         files = x.get("train_files_img_s")
         ratio = f"{files / x['train_memory_img_s']:.2f}" if files else "-"
@@ -276,21 +288,14 @@ def _sync(value) -> float:
 
 
 def child_keras(backend: str, spec: dict) -> dict:
-    """Train the project's model with the project's step on this process's Keras backend."""
+    """Train the project's model with the project's step and feed on this process's Keras backend."""
     process_start = time.time()
-    folder = os.environ.get("CXR_BENCH_JAX_CACHE")
-    try:
-        from cxrcore.train.backend import activate, enable_compilation_cache
-    except ImportError:  # before the training package lands: the same settings by hand
-        activate, enable_compilation_cache = None, None
-    if backend == "jax" and folder:
-        if enable_compilation_cache is not None:
-            enable_compilation_cache(folder)
-        else:
-            import jax
+    from cxrcore.train.backend import activate, enable_compilation_cache
 
-            jax.config.update("jax_compilation_cache_dir", folder)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    activate(backend)
+    folder = os.environ.get("CXR_BENCH_JAX_CACHE")
+    if backend == "jax" and folder:
+        enable_compilation_cache(folder)  # as a job does, under its cache folder
     import keras
     import numpy as np
 
@@ -299,10 +304,12 @@ def child_keras(backend: str, spec: dict) -> dict:
     from cxrcore.pipeline import Augmentation, Normalization
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
+    from cxrcore.train.inputs import prefetch
+    from cxrcore.train.steps import make_steps
 
     device, gpu = _device(backend)
-    precision = "mixed_bfloat16" if gpu else "float32"
-    keras.mixed_precision.set_dtype_policy(precision)
+    precision = "mixed_bfloat16" if gpu else "float32"  # what cxrcore.train.devices picks on an H200 / a CPU
+    keras.config.set_dtype_policy(precision)
     size, batch = spec["size"], spec["batch"]
     cache = open_image_cache(spec["paths"], size, spec["cache"], workers=1)
     rng = np.random.default_rng(0)
@@ -312,12 +319,19 @@ def child_keras(backend: str, spec: dict) -> dict:
     model = build_model(LABELS, size)
     train_model = logits_model(model)
     optimizer = keras.optimizers.Adam(1e-4)
-    steps = _make_steps(backend, train_model, optimizer, w_pos, w_neg)
+    optimizer.build(train_model.trainable_variables)  # as cxrcore.train.loop does before make_steps
+    strategy = None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+    steps = make_steps(backend, train_model, optimizer, w_pos, w_neg, strategy=strategy)
     batches = ImageBatches(cache, y, batch_size=batch, normalization=Normalization(), augmentation=Augmentation(),
                            shuffle=True, drop_remainder=True)
     held = batches[0]
     start = time.time()
-    _sync(steps.train(held))
+    loss = steps.train(held)
+    _sync(loss)
     first_step = time.time() - start
     time_to_first = time.time() - process_start
     for _ in range(spec["warmup"]):
@@ -329,8 +343,8 @@ def child_keras(backend: str, spec: dict) -> dict:
         done, epoch, loss = 0, 0, None
         start = time.perf_counter()
         while done < n:
-            batches.set_epoch(epoch)
-            for item in batches.iterate(prefetch=2):
+            batches.set_epoch(epoch)  # as cxrcore.train.inputs.cached_feed: prefetched, in order
+            for item in prefetch(batches[i] for i in range(len(batches))):
                 loss = steps.train(item)
                 done += 1
                 if done == n:
@@ -357,7 +371,7 @@ def child_keras(backend: str, spec: dict) -> dict:
     predict = n * batch / (time.perf_counter() - start)
     return {"backend": backend, "device": device, "precision": precision, "train_files_img_s": files,
             "train_memory_img_s": memory, "predict_img_s": predict, "first_step_s": first_step,
-            "time_to_first_step_s": time_to_first, "step": steps.__module__}
+            "time_to_first_step_s": time_to_first}
 
 
 def _device(backend: str) -> tuple[str, bool]:
@@ -374,60 +388,6 @@ def _device(backend: str) -> tuple[str, bool]:
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     return ("gpu" if gpu else "cpu"), gpu
-
-
-class _Steps:
-    """Keras' documented stateless JAX step, used only until cxrcore.train.steps lands."""
-
-    def __init__(self, train, predict) -> None:
-        self.train, self.predict = train, predict
-
-
-def _make_steps(backend, train_model, optimizer, w_pos, w_neg):
-    try:
-        from cxrcore.train.steps import make_steps
-    except ImportError:
-        make_steps = None
-    if make_steps is not None:
-        steps = make_steps(backend, train_model, optimizer, w_pos, w_neg)
-        steps.__module__ = "cxrcore.train.steps"
-        return steps
-    if backend != "jax":
-        raise SystemExit(f"cxrcore.train.steps is not there yet: only JAX is measured ({backend} skipped)")
-    import jax
-    import keras
-    import numpy as np
-
-    from cxrcore.loss import weighted_loss_from_logits
-
-    optimizer.build(train_model.trainable_variables)
-    state = [[v.value for v in train_model.trainable_variables],
-             [v.value for v in train_model.non_trainable_variables], [v.value for v in optimizer.variables]]
-
-    def loss_fn(tv, ntv, x, y):
-        logits, ntv = train_model.stateless_call(tv, ntv, x, training=True)
-        return weighted_loss_from_logits(y, logits, w_pos, w_neg), ntv
-
-    def step(s, x, y):
-        tv, ntv, ov = s
-        (loss, ntv), grads = jax.value_and_grad(loss_fn, has_aux=True)(tv, ntv, x, y)
-        tv, ov = optimizer.stateless_apply(ov, grads, tv)
-        return loss, [tv, ntv, ov]
-
-    jit_step = jax.jit(step, donate_argnums=(0,))
-    jit_predict = jax.jit(lambda tv, ntv, x: keras.ops.cast(train_model.stateless_call(tv, ntv, x)[0], "float32"))
-
-    def train(batch):
-        nonlocal state
-        loss, state = jit_step(state, np.asarray(batch[0]), np.asarray(batch[1]))
-        return loss
-
-    def predict(x):
-        return np.asarray(jit_predict(state[0], state[1], np.asarray(x)))
-
-    steps = _Steps(train, predict)
-    steps.__module__ = "bench fallback (stateless JAX step)"
-    return steps
 
 
 def child_torchvision(spec: dict) -> dict:
@@ -484,7 +444,7 @@ def child_torchvision(spec: dict) -> dict:
     predict = n * batch / (time.perf_counter() - start)
     return {"backend": "torchvision", "device": device.type, "precision": "bf16 autocast" if gpu else "float32",
             "train_files_img_s": None, "train_memory_img_s": train, "predict_img_s": predict,
-            "first_step_s": first, "time_to_first_step_s": time.time() - process_start, "step": "torch eager"}
+            "first_step_s": first, "time_to_first_step_s": time.time() - process_start}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -504,11 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         results = {"args": {k: v for k, v in vars(args).items() if k not in ("child", "spec")}}
         results["input"] = input_part(args, work)
         print_input(results["input"])
+        failed: list[str] = []
         if not args.input_only:
             results["training"] = training_part(args, work)
             print_training(results["training"], args)
+            failed = failed_backends(results["training"])
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
+    if failed:
+        print(f"bench_gpu: the measure failed on {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -82,9 +82,11 @@ if not (run / "metrics.csv").exists():
     sys.exit(f"no {run / 'metrics.csv'}: the training job wrote no epoch (its error is above)")
 metrics = pd.read_csv(run / "metrics.csv")
 info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
 print(metrics[["epoch", "loss", "val_loss", "val_auroc_mean", "seconds"]].to_string(index=False))
-backend = json.dumps(info).count('"jax"') > 0
-print("run.json names the backend jax:", backend, "| device:", info.get("device", info.get("devices", "?")))
+backend = info.get("backend") == "jax"
+print(f"run.json backend: {info.get('backend')} | device: {status.get('device')} | "
+      f"precision: {info.get('precision')} | state: {status.get('state')}")
 ok = len(metrics) == 2 and metrics["loss"].map(math.isfinite).all() and metrics["val_loss"].map(math.isfinite).all()
 print("validation AUROC (mean over labels) per epoch:", [round(v, 4) for v in metrics["val_auroc_mean"]])
 sys.exit(0 if ok and backend else 1)

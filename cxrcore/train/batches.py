@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import keras
@@ -187,42 +185,6 @@ class ImageBatches(keras.utils.PyDataset):
         if self.targets is None:
             return x
         return x, self.targets[rows]
-
-    def iterate(self, prefetch: int = 2) -> Iterator[Any]:
-        """This epoch's batches in order, each prepared by a background thread up to `prefetch` ahead,
-        so building batch i + 1 overlaps the accelerator's step on batch i (and its transfer)."""
-        if prefetch < 1:
-            yield from (self[i] for i in range(len(self)))
-            return
-        ahead: queue.Queue = queue.Queue(maxsize=int(prefetch))
-        stop = threading.Event()
-
-        def produce() -> None:
-            for i in range(len(self)):
-                try:
-                    item = (self[i], None)
-                except BaseException as err:  # re-raised in the consumer
-                    item = (None, err)
-                while not stop.is_set():
-                    try:
-                        ahead.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set() or item[1] is not None:
-                    return
-
-        thread = threading.Thread(target=produce, name="image-batches-prefetch", daemon=True)
-        thread.start()
-        try:
-            for _ in range(len(self)):
-                batch, err = ahead.get()
-                if err is not None:
-                    raise err
-                yield batch
-        finally:
-            stop.set()
-            thread.join()
 
     def __getstate__(self) -> dict:  # a thread pool does not pickle (use_multiprocessing=True)
         state = dict(self.__dict__)
