@@ -36,7 +36,9 @@ def write_pngs(folder: Path, n: int, h: int = 40, w: int = 48, seed: int = 0) ->
     return paths
 
 
-def _every_format(folder: Path) -> list[str]:
+def every_format(folder: Path) -> list[str]:
+    """One small file per format and layout the decoders take (PNG 8/16-bit, RGB, RGBA, LA, JPEG, an
+    image to enlarge, MONOCHROME1 DICOM); their paths."""
     from tests.test_images import _dicom
 
     rng = np.random.default_rng(1)
@@ -59,7 +61,7 @@ def test_pixels_equal_the_tf_data_pipeline_for_every_format(tmp_path):
 
     from cxrcore import pipeline
 
-    paths = _every_format(tmp_path)
+    paths = every_format(tmp_path)
     cache = open_image_cache(paths, SIZE, tmp_path / "cache")
     assert cache.pixels.shape == (len(paths), SIZE, SIZE) and cache.pixels.dtype == np.uint16
     ds = pipeline.image_dataset(paths, input_size=SIZE, batch_size=16, normalization=None)

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from cxrcore import images, pipeline
 from cxrcore.errors import ConfigError, DatasetError
@@ -72,21 +71,9 @@ def test_tf_decoding_matches_numpy_prepare_for_every_format(tmp_path, png_decode
     """The training pipeline (tf ops, with either PNG decoder) and the UI path (numpy) give the same pixels."""
     if png_decoder == "fast" and not images.fast_png_available():
         pytest.skip("kornia-rs not installed")
-    rng = np.random.default_rng(1)
-    base = cv2.GaussianBlur(rng.integers(0, 255, (50, 60), dtype=np.uint8), (3, 3), 0)
-    files = {}
-    cv2.imwrite(str(tmp_path / "l8.png"), base)
-    cv2.imwrite(str(tmp_path / "l16.png"), base.astype(np.uint16) * 257 + 100)
-    rgb = np.stack([base, base // 2, 255 - base], axis=2)
-    Image.fromarray(rgb, "RGB").save(tmp_path / "rgb.png")
-    Image.fromarray(np.concatenate([rgb, np.full((50, 60, 1), 128, np.uint8)], 2), "RGBA").save(tmp_path / "rgba.png")
-    Image.fromarray(np.stack([base, base], 2), "LA").save(tmp_path / "la.png")
-    cv2.imwrite(str(tmp_path / "q.jpg"), base)
-    cv2.imwrite(str(tmp_path / "tiny.png"), base[:20, :24])  # enlarged: bilinear branch
-    from tests.test_images import _dicom
-    (tmp_path / "scan.dcm").write_bytes(_dicom(base.astype(np.uint16) * 16, PhotometricInterpretation="MONOCHROME1"))
-    for name in ["l8.png", "l16.png", "rgb.png", "rgba.png", "la.png", "q.jpg", "tiny.png", "scan.dcm"]:
-        files[name] = str(tmp_path / name)
+    from tests.test_image_cache import every_format  # one file of each kind the decoders take
+
+    files = {os.path.basename(p): p for p in every_format(tmp_path)}
     ds = pipeline.image_dataset(list(files.values()), input_size=SIZE, batch_size=16, normalization=None,
                                 png_decoder=png_decoder)
     got = next(iter(ds)).numpy()
