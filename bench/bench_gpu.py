@@ -16,9 +16,9 @@ Prints, each measured in this run:
    CPU ms per image (wall-clock rates on a loaded machine mislead; CPU time per image does not).
 2. Training (one child process per backend, as a job would be): the project's DenseNet121
    (cxrcore.model.build_model, logits head, cxrcore.loss) trained with the project's own step
-   (cxrcore.train.steps.make_steps) at --batch, bf16 on GPUs: img/s fed from the cache (ImageBatches
-   through cxrcore.train.inputs.prefetch, as a job's feed) and from one batch held in memory (their ratio: target >= 0.9), prediction img/s, and the
-   time to the first step. JAX runs twice with one persistent compilation cache: the second process is
+   (cxrcore.train.steps.make_steps) at --batch, bf16 on GPUs: img/s fed from the cache
+   (ImageBatches.iterate, prefetched, as a job is fed) and from one batch held in memory (their ratio:
+   target >= 0.9), prediction img/s, and the time to the first step. JAX runs twice with one persistent compilation cache: the second process is
    "a second job" (target: first step < 15 s). torchvision's DenseNet121 (bf16 autocast, channels_last,
    eager, batch on the device) runs in its own child; ratios to it (targets: training >= 1.3x,
    prediction >= 1.0x on an H200).
@@ -304,7 +304,6 @@ def child_keras(backend: str, spec: dict) -> dict:
     from cxrcore.pipeline import Augmentation, Normalization
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
-    from cxrcore.train.inputs import prefetch
     from cxrcore.train.steps import make_steps
 
     device, gpu = _device(backend)
@@ -344,7 +343,7 @@ def child_keras(backend: str, spec: dict) -> dict:
         start = time.perf_counter()
         while done < n:
             batches.set_epoch(epoch)  # as cxrcore.train.inputs.cached_feed: prefetched, in order
-            for item in prefetch(batches[i] for i in range(len(batches))):
+            for item in batches.iterate(prefetch=2):
                 loss = steps.train(item)
                 done += 1
                 if done == n:

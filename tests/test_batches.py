@@ -163,3 +163,18 @@ def test_keras_fit_reads_it_as_a_py_dataset(cache):
     history = model.fit(batches, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all() and batches.epoch == 1
 
+
+def test_iterate_prefetches_the_same_batches_in_order(cache):
+    y = _targets(len(cache))
+    batches = ImageBatches(cache, y, batch_size=3, normalization=Normalization(), augmentation=Augmentation(),
+                           shuffle=True, seed=4)
+    batches.set_epoch(2)
+    want = [batches[i] for i in range(len(batches))]
+    for depth in (0, 1, 3):
+        got = list(batches.iterate(prefetch=depth))
+        assert len(got) == len(want)
+        for (gx, gy), (wx, wy) in zip(got, want):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    first = next(iter(batches.iterate(prefetch=2)))  # abandoned early: the producer stops
+    np.testing.assert_array_equal(first[0], want[0][0])

@@ -1,9 +1,9 @@
 """Training batches read from an image cache: no decoding, any Keras backend, reproducible per epoch.
 
-`ImageBatches` is a `keras.utils.PyDataset` over `cxrcore.train.image_cache.ImageCacheArray`: each batch
-gathers uint16 rows from the memory map, applies `Augmentation` (vectorised per batch: one OpenCV affine
-warp per image, which releases the GIL) and `Normalization`, and repeats gray to 3 channels, exactly as
-the tf.data pipeline's `_augment_batch` and `_finish_fn` do. The batch is split across a few threads,
+`ImageBatches` is a `keras.utils.PyDataset` over `cxrcore.train.image_cache.ImageCacheArray`: each image
+of a batch is read from the memory map, augmented (`Augmentation`: one OpenCV affine warp and gamma, with
+the draws of the tf.data pipeline's `_augment_batch`), normalized and repeated to 3 channels as its
+`_finish_fn` does, in a few OpenCV calls that release the GIL. The batch is split across a few threads,
 so one call keeps up with a GPU without a worker pool. Shuffling and augmentation depend only on
 (seed, epoch, batch index), so a job resumed at epoch k sees the batches an uninterrupted job saw.
 Never imports TensorFlow.
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import keras
@@ -185,6 +187,42 @@ class ImageBatches(keras.utils.PyDataset):
         if self.targets is None:
             return x
         return x, self.targets[rows]
+
+    def iterate(self, prefetch: int = 2) -> Iterator[Any]:
+        """This epoch's batches in order, each prepared by a background thread up to `prefetch` ahead,
+        so building batch i + 1 overlaps the accelerator's step on batch i (and its transfer)."""
+        if prefetch < 1:
+            yield from (self[i] for i in range(len(self)))
+            return
+        ahead: queue.Queue = queue.Queue(maxsize=int(prefetch))
+        stop = threading.Event()
+
+        def produce() -> None:
+            for i in range(len(self)):
+                try:
+                    item = (self[i], None)
+                except BaseException as err:  # re-raised in the consumer
+                    item = (None, err)
+                while not stop.is_set():
+                    try:
+                        ahead.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set() or item[1] is not None:
+                    return
+
+        thread = threading.Thread(target=produce, name="image-batches-prefetch", daemon=True)
+        thread.start()
+        try:
+            for _ in range(len(self)):
+                batch, err = ahead.get()
+                if err is not None:
+                    raise err
+                yield batch
+        finally:
+            stop.set()
+            thread.join()
 
     def __getstate__(self) -> dict:  # a thread pool does not pickle (use_multiprocessing=True)
         state = dict(self.__dict__)
