@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import cxrcore
 from cxrcore.access import without_passcode
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import atomic_write_text, open_for_reading, parse_json, read_json_file
@@ -43,6 +44,9 @@ METRICS_FILE, LOG_FILE, LOCK_FILE = "metrics.csv", "train.log", "train.lock"
 RAW_LOG_FILE = "raw.log"
 BEST_MODEL, CHECKPOINT_DIR = "best.keras", "checkpoints"
 LAST_CHECKPOINT, STATE_FILE = "last.keras", "state.json"
+#: The folder holding the cxrcore package: a job's working directory and first PYTHONPATH entry, so
+#: `python -m cxrcore train` runs this code wherever the module itself sits in the package.
+CODE_ROOT = Path(cxrcore.__file__).resolve().parent.parent
 TENSORBOARD_DIR, PREDICTIONS_DIR = "tensorboard", "predictions"
 #: Environment variable through which a launcher hands its locked train.lock descriptor to the child.
 LOCK_FD_ENV = "CXR_TRAIN_LOCK_FD"
@@ -513,7 +517,7 @@ def _launch(run_dir: Path, *, resume: bool = False, cwd: str | os.PathLike | Non
                       message="resuming" if resume else "starting", queued=time.time(),
                       resumed_from=before if resume else None)
         child_env = {**without_passcode({**os.environ, **(env or {})}), LOCK_FD_ENV: str(fd), "PYTHONUNBUFFERED": "1"}
-        root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+        root = Path(cwd) if cwd is not None else CODE_ROOT
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), child_env.get("PYTHONPATH", "")) if p)
         header = (f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
                   f"{' '.join(train_command(run_dir, resume=resume, python=python))}\n").encode()
@@ -564,7 +568,7 @@ def run_probe(config: Any, *, batches: int = 4, timeout_s: float = PROBE_TIMEOUT
     A subprocess keeps TensorFlow (and GPU memory) out of the caller, e.g. the Streamlit server.
     ConfigError with the child's one-line message when it fails or times out.
     """
-    root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+    root = Path(cwd) if cwd is not None else CODE_ROOT
     with tempfile.TemporaryDirectory(prefix="cxr-probe-") as tmp:
         path = Path(tmp) / "probe.json"
         path.write_text(config.to_json(), encoding="utf-8")

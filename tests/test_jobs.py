@@ -35,6 +35,16 @@ def tiny_config(dataset: Path, **changes):
     return config_from_dict(settings)
 
 
+def test_jobs_start_in_the_folder_holding_the_package():
+    """A job runs `python -m cxrcore` from CODE_ROOT: the folder with the package, wherever jobs.py sits."""
+    assert (jobs.CODE_ROOT / "cxrcore" / "__init__.py").is_file()
+    assert jobs.CODE_ROOT == Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "cxrcore", "--help"], cwd=jobs.CODE_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "train" in done.stdout
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
