@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrcore.audit import run_audit  # noqa: E402
-from cxrcore.dataset import load_split, load_table, select_images  # noqa: E402
-from cxrcore.imagecheck import check_images  # noqa: E402
+from cxrcore.data.dataset import load_split, load_table, select_images  # noqa: E402
+from cxrcore.data.imagecheck import check_images  # noqa: E402
 from cxrcore.report import to_json  # noqa: E402
 
 AUDIT_TARGET_S = 1.0

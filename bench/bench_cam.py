@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrcore import cam  # noqa: E402
-from cxrcore.labels import LABELS  # noqa: E402
+from cxrcore.data.labels import LABELS  # noqa: E402
 
 SIZE = 320
 
@@ -61,7 +61,7 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 def test_image(nih: Path) -> tuple[np.ndarray, str]:
     import cv2
 
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     samples = sorted((nih / "sample_images").glob("*.png")) if nih.is_dir() else []
     if samples:
@@ -105,7 +105,7 @@ def bench_maps(repeats: int, nih: Path) -> dict:
     import keras
 
     from cxrcore.model import LoadedModel, ModelInfo, build_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     keras.utils.set_random_seed(0)
     model = build_model(input_size=SIZE, backbone="densenet121")
@@ -168,7 +168,7 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
 
     from cxrcore import saliency
     from cxrcore.model import LoadedModel, ModelInfo, build_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     keras.utils.set_random_seed(0)
     model = build_model(input_size=SIZE, backbone="densenet121")
@@ -226,13 +226,13 @@ def compare_methods_on_demo(work: Path) -> None:
     import keras
     import pandas as pd
 
-    from cxrcore.boxes import read_boxes
-    from cxrcore.dataset import load_split
+    from cxrcore.data.boxes import read_boxes
+    from cxrcore.data.dataset import load_split
     from cxrcore.demo import DemoConfig, generate_demo_dataset
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
     from cxrcore.localization import faithfulness_curves, localize_images, map_agreement
     from cxrcore.model import LoadedModel, ModelInfo, build_model, logits_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
     from cxrcore.saliency import SaliencyOptions
 
     distinct = ("Cardiomegaly", "Effusion", "Pneumothorax")
@@ -286,8 +286,8 @@ def compare_methods_on_demo(work: Path) -> None:
 
 def nih_sample_dataset(nih: Path, folder: Path) -> Path | None:
     """A course-layout 'test' split of the 30 NIH sample images with their labels and boxes."""
-    from cxrcore.boxes import read_boxes, write_boxes
-    from cxrcore.dataset import load_table
+    from cxrcore.data.boxes import read_boxes, write_boxes
+    from cxrcore.data.dataset import load_table
 
     samples = sorted((nih / "sample_images").glob("*.png")) if nih.is_dir() else []
     if not samples:
@@ -309,7 +309,7 @@ def bench_explorer(nih: Path, clicks: int, keep_kernels: bool = True) -> dict | 
     from streamlit.testing.v1 import AppTest
 
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -10,7 +10,7 @@ Run from the repository root (2 CPU cores, no GPU):
 Measures, in one run:
 1. generation of the default set (1,000 images, 256 px, seed 0) into a fresh temp folder with 2
    processes: seconds (target < 60 s), and that a second generation is byte-identical;
-2. a small plain-Keras CNN trained on CPU at 128 px on train.csv (read with cxrcore.dataset.load_split):
+2. a small plain-Keras CNN trained on CPU at 128 px on train.csv (read with cxrcore.data.dataset.load_split):
    mean AUROC on test.csv over the visually distinct findings (target >= 0.85) and over all 14;
 3. the same model's mean AUROC on valid.csv (clean) vs valid_leaky.csv (held-out follow-ups of train
    patients): the leak gap, reported whatever its sign, per run and on average;
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from cxrcore.demo import DISTINCT_FINDINGS, DemoConfig, generate_demo_dataset  # noqa: E402
 from cxrcore.demo.card import TEACHING_RESULTS  # noqa: E402
-from cxrcore.labels import LABELS  # noqa: E402
+from cxrcore.data.labels import LABELS  # noqa: E402
 
 COMMAND = "python bench/bench_demo_teaching.py"
 
@@ -91,7 +91,7 @@ def _time_generation(config: DemoConfig, workers: int, tmp: Path) -> tuple[float
 def _load(root: Path, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
 
     split = load_split(root / f"{name}.csv")
     images = np.stack([cv2.resize(cv2.imread(str(root / "images" / f), cv2.IMREAD_GRAYSCALE), (size, size),
@@ -181,7 +181,7 @@ def _train_runs(root: Path, size: int, epochs: int, repeats: int) -> dict:
 
 def _score_run(run_dir: Path, root: Path) -> dict:
     """Mean AUROC of a run's best model on valid and valid_leaky, over the labels both splits can score."""
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
     from cxrcore.inference import predict_split
     from cxrcore.model import load_model
     from cxrcore.registry import describe_model
@@ -246,7 +246,7 @@ def write_grid(root: Path, nih: Path, out: Path, n: int = 8, tile: int = 192) ->
     if not real_dir.is_dir():
         print(f"  grid skipped: {real_dir} not found")
         return False
-    from cxrcore.images import read_image, resize, to_uint8
+    from cxrcore.data.images import read_image, resize, to_uint8
 
     generated = sorted((root / "images").iterdir())
     step = max(1, len(generated) // (2 * n))

@@ -30,9 +30,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxrcore.dataset import load_split  # noqa: E402
-from cxrcore.imagecheck import _decode_gray, _hash_file, check_images  # noqa: E402
-from cxrcore.labels import LABELS  # noqa: E402
+from cxrcore.data.dataset import load_split  # noqa: E402
+from cxrcore.data.imagecheck import _decode_gray, _hash_file, check_images  # noqa: E402
+from cxrcore.data.labels import LABELS  # noqa: E402
 
 COMMAND = "python bench/bench_duplicates.py"
 

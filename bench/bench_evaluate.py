@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from cxrcore.cli import main as cli_main  # noqa: E402
 from cxrcore.delong import compare_models  # noqa: E402
-from cxrcore.labels import LABELS  # noqa: E402
+from cxrcore.data.labels import LABELS  # noqa: E402
 from cxrcore.metrics import evaluate  # noqa: E402
-from cxrcore.predictions import write_predictions  # noqa: E402
+from cxrcore.data.predictions import write_predictions  # noqa: E402
 
 TARGET_S = 10.0
 #: Approximate NIH ChestX-ray14 prevalences (whole dataset), in LABELS order.
@@ -148,7 +148,7 @@ def main() -> None:
     nih = Path(args.nih)
     table, test_list = nih / "Data_Entry_2017_v2020.csv.gz", nih / "test_list.txt"
     if table.exists() and test_list.exists():
-        from cxrcore.dataset import load_split, load_table
+        from cxrcore.data.dataset import load_split, load_table
 
         start = time.perf_counter()
         split = load_split(test_list, label_table=load_table(table))

@@ -123,7 +123,7 @@ def _read_rate(cache, size: int, batch: int, augmentation) -> tuple[float, float
     """(img/s, CPU ms per image) of one shuffled epoch of ImageBatches (sample normalization)."""
     import numpy as np
 
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
     from cxrcore.train.batches import ImageBatches
 
     y = np.zeros((len(cache), 14), np.float32)
@@ -140,7 +140,7 @@ def _read_rate(cache, size: int, batch: int, augmentation) -> tuple[float, float
 
 def input_part(args: argparse.Namespace, work: Path) -> dict:
     """Part 1: plain decode vs the cache's first pass (same workers), then reads from the cache."""
-    from cxrcore.pipeline import Augmentation
+    from cxrcore.data.pipeline import Augmentation
     from cxrcore.train.image_cache import default_workers, open_image_cache
 
     workers = args.workers or default_workers()
@@ -181,7 +181,7 @@ def input_part(args: argparse.Namespace, work: Path) -> dict:
 
 def print_input(r: dict) -> None:
     print(f"\n1. input path: {r['entries']} NIH PNG entries -> {r['size']} px, {r['workers']} worker(s)")
-    print(f"   plain decode (cxrcore.images, processes)     {r['plain_decode_img_s']:9.1f} img/s")
+    print(f"   plain decode (cxrcore.data.images, processes)     {r['plain_decode_img_s']:9.1f} img/s")
     print(f"   image cache, first pass (same workers)       {r['first_pass_img_s']:9.1f} img/s   "
           f"ratio {r['first_pass_vs_plain']:.2f} (target >= 0.90)")
     print(f"   in CPU time, one process: plain {r['plain_decode_cpu_ms']:.2f} ms/img, first pass "
@@ -299,9 +299,9 @@ def child_keras(backend: str, spec: dict) -> dict:
     import keras
     import numpy as np
 
-    from cxrcore.labels import LABELS
+    from cxrcore.data.labels import LABELS
     from cxrcore.model import build_model, logits_model
-    from cxrcore.pipeline import Augmentation, Normalization
+    from cxrcore.data.pipeline import Augmentation, Normalization
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
     from cxrcore.train.steps import make_steps

@@ -7,13 +7,13 @@ Run from the repository root:
 
 Measures, in one run, on the same real 1024x1024 NIH PNGs (the 30 sample images copied --copies
 times into a temp folder, so every file is decoded, not served from a cache by name):
-1. PNG decoders alone, one thread, CPU milliseconds per image: OpenCV (cxrcore.images' fallback),
+1. PNG decoders alone, one thread, CPU milliseconds per image: OpenCV (cxrcore.data.images' fallback),
    tf.io.decode_png, PIL (the course generator's), kornia-rs (the fast decoder), and imagecodecs or
    pyspng when installed; zlib inflate alone for scale; and whether two threads decode in parallel
    (the GIL). Checks that every decoder gives OpenCV's pixels.
 2. decode + resize to 320 + normalize + batch, no model: the course's
    ImageDataGenerator.flow_from_dataframe (samplewise normalization, as its training generator)
-   vs cxrcore.pipeline.make_dataset with png_decoder "auto" (the default: the fast decoder for 1 file in
+   vs cxrcore.data.pipeline.make_dataset with png_decoder "auto" (the default: the fast decoder for 1 file in
    N on N cores, tf.io.decode_png for the others), "fast" (all) and "tf" (none), first pass
    and later epochs (memory cache), plus the disk cache on a fresh run; images/s and ratios
    (targets: >= 2x first pass, >= 10x from the second epoch).
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxrcore.labels import LABELS, canonical_label  # noqa: E402
+from cxrcore.data.labels import LABELS, canonical_label  # noqa: E402
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -265,7 +265,7 @@ def _course_epochs(frame: pd.DataFrame, folder: Path, size: int, batch: int, epo
 
 def _pipeline_epochs(frame: pd.DataFrame, folder: Path, size: int, batch: int, epochs: int,
                      png_decoder: str) -> tuple[list, list]:
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     ds = pipeline.make_dataset(frame, folder, input_size=size, batch_size=batch, shuffle=True, seed=1,
                                normalization=pipeline.Normalization.sample(), memory_cache=True,
@@ -290,7 +290,7 @@ def bench_generators(frame: pd.DataFrame, folder: Path, size: int, batch: int, e
     median, the paired ratios of each repeat and the CPU milliseconds per image (all threads) are
     reported too.
     """
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     decoders = ["auto", "fast", "tf"] if pipeline.fast_png_share("fast") > 0 else ["tf"]
     runs: dict[str, list] = {"course": [], **{f"pipeline {d}": [] for d in decoders}}
@@ -342,7 +342,7 @@ def _print_generators(gen: dict, result: dict) -> None:
         label = "course ImageDataGenerator" if name == "course" else f"cxrcore.{name} decoder"
         print(f"{label:36s}{r['first_pass']['best']:11.1f}{r['first_pass']['median']:10.1f}"
               f"{r['later_epochs']['best']:11.1f}{r['cpu_ms_per_image_first_pass']:12.1f}")
-    print(f"{'cxrcore.pipeline (disk cache)':36s}{gen['disk_cache']['write']:11.1f}{'':10s}"
+    print(f"{'cxrcore.data.pipeline (disk cache)':36s}{gen['disk_cache']['write']:11.1f}{'':10s}"
           f"{gen['disk_cache']['read']:11.1f}   (writing pass / fresh dataset reading it)")
     print(f"course generator: {gen['source']}")
     for name in gen["contenders"]:
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     import tensorflow as tf
 
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     print(f"cores: {os.cpu_count()}  tensorflow {tf.__version__}  images: {data / 'sample_images'} x {args.copies}")
     print(f"pipeline PNG decoder by default ('auto') here: the fast decoder (kornia-rs) for "

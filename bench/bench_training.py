@@ -11,7 +11,7 @@ Run from the repository root:
 Measures, in one run:
 1. For DenseNet121 at a small size (--densenet-size, default 128: at 320 it trains at ~1 image/s on
    2 cores) and the demo preset's small CNN (128 px, batch 32): training steps/s and prediction
-   images/s of the same model fed from the PNG files by cxrcore.pipeline vs fed from in-memory tensors
+   images/s of the same model fed from the PNG files by cxrcore.data.pipeline vs fed from in-memory tensors
    (the same images already decoded, resized and normalized, in a cached tf.data pipeline: the limit
    of the machine for that model). Epochs (or prediction passes) of the two feeds alternate and each
    ratio is the median over adjacent pairs, so load from other processes hits both sides alike.
@@ -115,7 +115,8 @@ def bench_model(frame: pd.DataFrame, folder: Path, model_name: str, size: int, b
     import keras
     import tensorflow as tf
 
-    from cxrcore import loss, pipeline
+    from cxrcore import loss
+    from cxrcore.data import pipeline
     from cxrcore import model as M
 
     norm = pipeline.Normalization.sample()
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import tensorflow as tf
 
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     print(f"cores: {os.cpu_count()}  tensorflow {tf.__version__}  png_decoder {args.png_decoder}: fast decoder for "
           f"{pipeline.fast_png_share(args.png_decoder):.0%} of the files  {load_average()}")

@@ -1,7 +1,7 @@
 """Audit of one or more splits: class balance and weights, patient/image leakage, prevalence shift.
 
 Everything here is vectorized numpy over `Split.frame`, so the 112,120-row NIH table audits in well
-under a second. Image-level checks (missing files, duplicates) live in cxrcore.imagecheck.
+under a second. Image-level checks (missing files, duplicates) live in cxrcore.data.imagecheck.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cxrcore.dataset import IMAGE, PATIENT, Split
+from cxrcore.data.dataset import IMAGE, PATIENT, Split
 from cxrcore.errors import DatasetError, DataWarning
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.stattests import chi2_contingency, ks_2samp
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -202,7 +202,7 @@ class AuditReport:
     leaked_patients: int = 0
     leaked_images: int = 0
     warnings: list[DataWarning] = field(default_factory=list)
-    #: Filled when an image root was given (see cxrcore.imagecheck.ImageCheck).
+    #: Filled when an image root was given (see cxrcore.data.imagecheck.ImageCheck).
     images: object | None = None
 
     @property
@@ -256,7 +256,7 @@ def run_audit(splits: list[Split], *, image_root: str | None = None, near_thresh
         metadata_shift=metadata_shift(splits), leaked_patients=leaked_patients,
         leaked_images=leaked_images, warnings=[w for s in splits for w in s.warnings])
     if image_root is not None:
-        from cxrcore.imagecheck import check_images
+        from cxrcore.data.imagecheck import check_images
 
         report.images = check_images(splits, image_root, near_threshold=near_threshold,
                                      hash_images=hash_images, progress=progress, workers=workers)

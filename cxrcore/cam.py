@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from cxrcore.errors import ConfigError, ImageError, ModelError
-from cxrcore.labels import LABELS, canonical_label
+from cxrcore.data.labels import LABELS, canonical_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from cxrcore.dataset import IMAGE, Split
+from cxrcore.data.dataset import IMAGE, Split
 from cxrcore.errors import CxrError, ImageError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.model import LoadedModel
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -37,7 +37,7 @@ def fit_normalization(loaded: LoadedModel, train: Split, image_root: str | os.Pa
     as the course's test generator does, and return the model with that info."""
     if loaded.info.normalization.fitted:
         return loaded
-    from cxrcore.pipeline import estimate_normalization
+    from cxrcore.data.pipeline import estimate_normalization
 
     import tensorflow as tf
 
@@ -58,7 +58,7 @@ def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLi
                   progress: ProgressCallback | None = None) -> np.ndarray:
     """(n, 14) probabilities in LABELS order for every image of the split (NaN for labels the model lacks)."""
     from cxrcore.model import reorder_outputs
-    from cxrcore.pipeline import image_dataset, resolve_image_paths
+    from cxrcore.data.pipeline import image_dataset, resolve_image_paths
 
     import keras
 
@@ -96,7 +96,7 @@ def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLi
 def _predict_from_cache(loaded: LoadedModel, split: Split, image_root: str | os.PathLike, batch_size: int,
                         progress: ProgressCallback | None) -> np.ndarray:
     """Raw model outputs through the decoded-image cache (cxrcore.train.image_cache) on backends without tf.data."""
-    from cxrcore.pipeline import resolve_image_paths
+    from cxrcore.data.pipeline import resolve_image_paths
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
 
@@ -116,7 +116,7 @@ def decoding_error(err: Exception, suspects: list[str]) -> CxrError | None:
     """The user's error behind a tf.data failure, instead of TensorFlow's traceback: the CxrError our decoder
     raised inside the pipeline (its text is in TF's message), else the first suspect file our decoder
     refuses; None when no image is at fault (then the failure is not about the input)."""
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     raised = re.search(r"cxrcore\.errors\.\w+: (.+)", str(getattr(err, "message", err)))
     if raised:
@@ -135,7 +135,7 @@ def cached_predictions(cache_dir: str | os.PathLike, model_fingerprint: str, loa
     """Path of the split's prediction CSV for this model, computing and caching it when missing.
 
     The key includes the normalization, so a course model fitted on another training split is new."""
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.predictions import write_predictions
 
     norm = hashlib.blake2b(repr(sorted(loaded.info.normalization.to_dict().items())).encode(),
                            digest_size=4).hexdigest()

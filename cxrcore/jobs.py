@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import cxrcore
-from cxrcore.access import without_passcode
+from cxrcore.data.access import without_passcode
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import atomic_write_text, open_for_reading, parse_json, read_json_file
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 SOURCE_TABLE = ("Rajpurkar P, Irvin J, Zhu K, et al. CheXNet: Radiologist-Level Pneumonia Detection on "
                 "Chest X-Rays with Deep Learning. arXiv:1711.05225 (2017), Table 1.")

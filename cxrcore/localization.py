@@ -170,9 +170,9 @@ def localize_images(loaded: "LoadedModel", images: Sequence[str], boxes: pd.Data
     """
     import os
 
-    from cxrcore.boxes import IMAGE, LABEL, scale_box
+    from cxrcore.data.boxes import IMAGE, LABEL, scale_box
     from cxrcore.cam import explain_batch
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     read = read or read_image
     wanted = {os.path.basename(str(n)) for n in images}
@@ -248,7 +248,7 @@ def _grid_edges(size: tuple[int, int], grid: int) -> tuple[np.ndarray, np.ndarra
 
 def _class_column(label: str) -> int:
     """Index of `label` in the canonical LABELS order (the column of LoadedModel.predict)."""
-    from cxrcore.labels import LABELS, canonical_label
+    from cxrcore.data.labels import LABELS, canonical_label
 
     key = canonical_label(label)
     if key is None:

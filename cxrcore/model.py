@@ -29,8 +29,8 @@ import numpy as np
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.fileio import (MAX_JSON_BYTES, MiB, atomic_write_text, limit, make_temp, open_for_reading, parse_json,
                             read_file_bytes, read_json_file)
-from cxrcore.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
-from cxrcore.pipeline import Normalization, prepare_images
+from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
+from cxrcore.data.pipeline import Normalization, prepare_images
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -191,7 +191,7 @@ def course_model_info(normalization: Normalization | None = None, *, input_size:
     The course fits mean/std on 100 training images at run time, so they are not in the file: pass
     `estimate_normalization(train_split, ...)`; without it predict() refuses with a clear error.
     """
-    from cxrcore.catalog import DATA_REAL
+    from cxrcore.data.catalog import DATA_REAL
 
     return ModelInfo(labels=COURSE_LABEL_ORDER, input_size=input_size,
                      normalization=normalization or Normalization("dataset"),
@@ -456,7 +456,7 @@ def input_scaling(backbone: str) -> tuple[list[float], list[float]] | None:
     include_preprocessing Rescaling does; the ViT: 255 p / 127.5 - 1, as keras-hub's ViT image converter
     does. Channels stay in order: the images here are grayscale repeated three times, so BGR is RGB.
     """
-    from cxrcore.pipeline import IMAGENET_MEAN, IMAGENET_STD
+    from cxrcore.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
     if backbone == "resnet50":
         caffe_means = (103.939, 116.779, 123.68)
@@ -866,7 +866,7 @@ class LoadedModel:
             raise ModelError("this model uses 'dataset' normalization but its mean/std are unknown.",
                              file=self.path,
                              fix="pass ModelInfo with Normalization.dataset(mean, std), e.g. from "
-                                 "cxrcore.pipeline.estimate_normalization on the training split.")
+                                 "cxrcore.data.pipeline.estimate_normalization on the training split.")
         return prepare_images(images, self.info.input_size, self.info.normalization)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, *, batch_size: int = 16) -> np.ndarray:
@@ -891,8 +891,8 @@ class LoadedModel:
 
         For evaluating whole splits; same preprocessing as `predict` and as training.
         """
-        from cxrcore.images import DEFAULT_MAX_PIXELS
-        from cxrcore.pipeline import image_dataset
+        from cxrcore.data.images import DEFAULT_MAX_PIXELS
+        from cxrcore.data.pipeline import image_dataset
 
         if not self.info.normalization.fitted:
             self.prepare([])  # raises the explanatory ModelError

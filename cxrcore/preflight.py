@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cxrcore.pipeline import missing_images, present_rows
+from cxrcore.data.pipeline import missing_images, present_rows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cxrcore.dataset import Split
+    from cxrcore.data.dataset import Split
     from cxrcore.trainconfig import TrainConfig
 
 #: The words for each split role in sentences.

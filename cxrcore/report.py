@@ -5,7 +5,7 @@ import json
 import math
 
 from cxrcore.audit import AuditReport, SplitSummary
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 
 def _num(value: float) -> float | None:

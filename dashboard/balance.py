@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.audit import class_balance
-from cxrcore.catalog import split_role
-from cxrcore.dataset import Split
-from cxrcore.labels import LABELS
+from cxrcore.data.catalog import split_role
+from cxrcore.data.dataset import Split
+from cxrcore.data.labels import LABELS
 from dashboard import charts
 from dashboard.loaders import split_key
 from dashboard.widgets import fitted_columns, section, teaching_note

@@ -20,12 +20,12 @@ import streamlit as st
 
 from cxrcore import cam
 from cxrcore.saliency import SaliencyOptions
-from cxrcore.dataset import IMAGE, Split
+from cxrcore.data.dataset import IMAGE, Split
 from cxrcore.errors import CxrError
 from cxrcore.export import csv_text
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.model import LoadedModel
-from cxrcore.paths import resolve_image
+from cxrcore.data.paths import resolve_image
 from cxrcore.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS, cached_figure, faithfulness_curves_chart
 from dashboard.loaders import ActiveDataset, preview_jpeg
@@ -121,7 +121,7 @@ def _file_image(path: str, mtime: float, side: int) -> tuple[np.ndarray, tuple[i
     """An image file at display size (float32 [0, 1]) and its original (H, W)."""
     import cv2
 
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     image = read_image(path)
     size = display_size(image.shape, side)
@@ -134,7 +134,7 @@ def _upload_image(data: bytes, name: str, side: int) -> tuple[np.ndarray, np.nda
     """An uploaded image: the full image (for the model), at display size, and its original (H, W)."""
     import cv2
 
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     image = read_image(data if not name else _Named(data, name))
     size = display_size(image.shape, side)
@@ -216,7 +216,7 @@ def _layers(key: str, _loaded: LoadedModel) -> tuple[list[str], list[str], dict[
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _boxes(path: str, mtime: float) -> pd.DataFrame:
-    from cxrcore.boxes import read_boxes
+    from cxrcore.data.boxes import read_boxes
 
     return read_boxes(path)
 
@@ -806,12 +806,12 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
     mtime = path.stat().st_mtime
     shown, original = _file_image(str(path), mtime, DISPLAY_SIDE)
     truth = [c for i, c in enumerate(LABELS) if y[r, i]]
-    from cxrcore.boxes import boxes_for
+    from cxrcore.data.boxes import boxes_for
 
     own_boxes = boxes_for(boxes_all, name) if boxes_all is not None else None
 
     def read() -> np.ndarray:
-        from cxrcore.images import read_image
+        from cxrcore.data.images import read_image
 
         return read_image(str(path))
 
@@ -869,7 +869,7 @@ def render_split_localization(entry: ModelEntry, loaded: LoadedModel, dataset: A
 def upload_kind(name: str, data: bytes, dataset: ActiveDataset | None) -> str:
     """What an uploaded image is: one of the active dataset's own files (same name, same bytes) is of its
     kind; anything else is taken for a real radiograph."""
-    from cxrcore.catalog import DATA_REAL
+    from cxrcore.data.catalog import DATA_REAL
 
     entry = getattr(dataset, "entry", None)
     if entry is not None and dataset.image_root is not None:
@@ -884,7 +884,7 @@ def upload_kind(name: str, data: bytes, dataset: ActiveDataset | None) -> str:
 
 def ood_warning(entry: ModelEntry, kind: str, what: str) -> None:
     """Warn when the model was trained on another kind of images than `kind` (silent when either is unknown)."""
-    from cxrcore.catalog import kind_mismatch
+    from cxrcore.data.catalog import kind_mismatch
 
     text = kind_mismatch(entry.info.data_kind if entry.info else "", kind, entry.info.dataset if entry.info else "")
     if text:

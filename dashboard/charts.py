@@ -10,7 +10,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from cxrcore.audit import SplitSummary
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 #: One colour per class, used by every chart (bars, curves, overlays' legends).
 CLASS_COLORS: dict[str, str] = dict(zip(LABELS, (

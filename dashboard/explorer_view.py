@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.audit import summarize
-from cxrcore.dataset import IMAGE, PATIENT, Split
-from cxrcore.labels import LABELS, NO_FINDING
-from cxrcore.paths import resolve_image
-from cxrcore.pipeline import missing_summary
+from cxrcore.data.dataset import IMAGE, PATIENT, Split
+from cxrcore.data.labels import LABELS, NO_FINDING
+from cxrcore.data.paths import resolve_image
+from cxrcore.data.pipeline import missing_summary
 from dashboard import charts
 from dashboard.loaders import ActiveDataset, preview_jpeg, split_key
 from dashboard.widgets import section

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore.catalog import split_role
+from cxrcore.data.catalog import split_role
 from dashboard.demo_offer import render_demo_offer
 from dashboard.loaders import UPLOADED, UPLOADS_KEY, datasets, uploaded_split
 from dashboard.state import PENDING_DATASET_KEY, models_root
@@ -49,7 +49,7 @@ def render_found() -> None:
 
 def render_demo_model_note() -> None:
     """The demo model is for the demo: say so, naming the models trained on the synthetic set."""
-    from cxrcore.catalog import DATA_SYNTHETIC
+    from cxrcore.data.catalog import DATA_SYNTHETIC
     from dashboard.models import model_entries
 
     synthetic = [e.name for e in model_entries() if e.info is not None and e.info.data_kind == DATA_SYNTHETIC]

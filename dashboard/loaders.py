@@ -8,11 +8,11 @@ import numpy as np
 import streamlit as st
 
 from cxrcore.audit import AuditReport, run_audit
-from cxrcore.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
-from cxrcore.dataset import Split, load_split
+from cxrcore.data.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
+from cxrcore.data.dataset import Split, load_split
 from cxrcore.errors import CxrError, DatasetError
-from cxrcore.images import quick_check, read_image
-from cxrcore.paths import resolve_image
+from cxrcore.data.images import quick_check, read_image
+from cxrcore.data.paths import resolve_image
 from dashboard.state import DATASET_KEY, data_root
 
 UPLOADED = "Uploaded files"
@@ -85,14 +85,14 @@ def present_images(split: Split, image_root: str | Path) -> tuple[Split, list[st
 
 @st.cache_data(show_spinner="Looking for the image files...", ttl=30, max_entries=32)
 def _present_images(key: tuple, image_root: str, _split: Split) -> tuple[Split, list[str]]:
-    from cxrcore.pipeline import present_rows
+    from cxrcore.data.pipeline import present_rows
 
     return present_rows(_split, image_root)
 
 
 def missing_note(split: Split, missing: list[str], what: str) -> str:
     """'407 of 420 images of test are missing from the image folder: a.png, ... and 402 more; <what>'."""
-    from cxrcore.pipeline import missing_summary
+    from cxrcore.data.pipeline import missing_summary
 
     text = missing_summary(missing, len(split)).replace(" images are missing", f" images of {split.name} are "
                                                          "missing from the image folder", 1)

@@ -7,9 +7,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit.logger import get_logger
 
-from cxrcore.dataset import Split
+from cxrcore.data.dataset import Split
 from cxrcore.model import LoadedModel
-from cxrcore.predictions import Predictions, read_predictions
+from cxrcore.data.predictions import Predictions, read_predictions
 from cxrcore.registry import ModelEntry, discover_models
 from dashboard.loaders import ActiveDataset
 from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root
@@ -113,7 +113,7 @@ def ready_model(entry: ModelEntry, dataset: ActiveDataset | None) -> LoadedModel
     model = loaded_model(str(entry.path), entry.fingerprint)
     if model.info.normalization.fitted:
         return model
-    from cxrcore.catalog import split_role
+    from cxrcore.data.catalog import split_role
     from cxrcore.errors import ModelError
 
     train = next((s for n, s in (dataset.splits.items() if dataset else []) if split_role(n) == "train"), None)
@@ -155,7 +155,7 @@ def model_sources(split: Split, dataset: ActiveDataset) -> tuple[dict[str, Predi
     """Predictions of the sidebar's active models on a split (its images on disk: a warning names the
     missing ones), and what each was trained on (for the leakage warning). Models that fail show an
     error and are left out; the others still evaluate."""
-    from cxrcore.catalog import kind_mismatch
+    from cxrcore.data.catalog import kind_mismatch
     from dashboard.loaders import missing_note, present_images
     from dashboard.widgets import user_errors
 

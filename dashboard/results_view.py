@@ -1,6 +1,6 @@
 """Results page sections: prediction files as models, their evaluation on a split, and the comparison.
 
-A "model" here is a set of per-image probabilities (`cxrcore.predictions.Predictions`) with a unique
+A "model" here is a set of per-image probabilities (`cxrcore.data.predictions.Predictions`) with a unique
 name: a prediction CSV found on disk, an uploaded one, or (later) predictions a loaded model made.
 `render_results(split, sources)` draws every section for any such dictionary of sources.
 """
@@ -19,16 +19,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cxrcore.dataset import Split, load_split, parse_split_spec
+from cxrcore.data.dataset import Split, load_split, parse_split_spec
 from cxrcore.delong import Comparison, compare_models
 from cxrcore.errors import ConfigError, DatasetError, PredictionsError
 from cxrcore.export import csv_text
 from cxrcore.fileio import MAX_JSON_BYTES, MAX_TABLE_BYTES, limit, open_for_reading, parse_json, read_file_bytes
-from cxrcore.labels import LABELS, canonical_label
+from cxrcore.data.labels import LABELS, canonical_label
 from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
                              reliability_bins, roc_curve, threshold_metrics)
-from cxrcore.predictions import Aligned, Predictions, align, read_predictions
+from cxrcore.data.predictions import Aligned, Predictions, align, read_predictions
 from cxrcore.report import format_p
 from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
@@ -105,7 +105,7 @@ UPLOADED_SUFFIX = " (uploaded)"
 
 @st.cache_data(show_spinner="Reading the labels file...", max_entries=16)
 def _uploaded_labels(content_hash: str, _files: tuple) -> list[Split]:
-    from cxrcore.catalog import splits_from_files
+    from cxrcore.data.catalog import splits_from_files
 
     return splits_from_files(list(_files))
 
@@ -410,8 +410,8 @@ def join_sources(split: Split, sources: Mapping[str, Predictions], partial: Iter
 
     Strict joins, except against a whole-dataset table (predictions made elsewhere for one split of
     it) and for the `partial` sources (models that predicted only the images on disk)."""
-    from cxrcore.dataset import is_dataset_table
-    from cxrcore.predictions import common_images, coverage_line
+    from cxrcore.data.dataset import is_dataset_table
+    from cxrcore.data.predictions import common_images, coverage_line
 
     whole = is_dataset_table(split)
     partial = set(partial)
@@ -925,7 +925,7 @@ def is_dataset_split(split: Split, dataset) -> bool:
 
 def literature_default(split: Split, dataset) -> bool:
     """Published NIH AUROCs start shown for NIH data, hidden over the synthetic demo set."""
-    from cxrcore.catalog import DATA_SYNTHETIC
+    from cxrcore.data.catalog import DATA_SYNTHETIC
 
     entry = getattr(dataset, "entry", None)
     return not (is_dataset_split(split, dataset) and entry is not None and entry.kind == DATA_SYNTHETIC)

@@ -1,6 +1,6 @@
 """Teacher control on a shared server: the passcode box, and who may start, resume and cancel training.
 
-On loopback nothing is asked. Beyond it (cxrcore.access.needs_teacher) a browser session unlocks
+On loopback nothing is asked. Beyond it (cxrcore.data.access.needs_teacher) a browser session unlocks
 teacher mode with the passcode set when the server started; only a flag stays in st.session_state
 (that session only), never the passcode. Students see the runs read-only. The passcode comes from
 the environment (CXR_TEACHER_PASSCODE) or from .streamlit/secrets.toml (the same key).
@@ -15,7 +15,7 @@ import time
 import streamlit as st
 from streamlit import config as st_config
 
-from cxrcore.access import (CLASSROOM_ENV, HOW_TO_SET, PASSCODE_ENV, classroom_flag, needs_teacher,
+from cxrcore.data.access import (CLASSROOM_ENV, HOW_TO_SET, PASSCODE_ENV, classroom_flag, needs_teacher,
                             passcode_matches, passcode_problem)
 from cxrcore.errors import ConfigError
 

@@ -23,7 +23,7 @@ import streamlit as st
 from cxrcore import jobs, preflight
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import parse_json
-from cxrcore.pipeline import NORMALIZATION_MODES, Augmentation
+from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
 from cxrcore.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
                                  TrainConfig, auto_preset, config_from_dict, detect_hardware)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from scripts.classroom import stop_groups, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent

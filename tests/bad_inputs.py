@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from tests.csv_corpus import (million_row_csv, nih_frame, onehot_frame, smooth_image, to_csv_bytes, write_csv,
                               write_list, write_png)
 
@@ -99,10 +99,10 @@ def reference_pixels() -> np.ndarray:
 
 def make_world(root: Path) -> World:
     """Write the good inputs under root (about 2 s: most of it saving the model)."""
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.pipeline import Normalization
+    from cxrcore.data.predictions import write_predictions
     from tests.app_support import make_course_dataset
 
     world = World(root)
@@ -853,8 +853,8 @@ def _every(change: Callable[[int, list[str]], list[str]]) -> Callable[[list[list
 def _same_auroc(run: Outcome) -> None:
     """The same AUROCs as the plain file."""
     from cxrcore.metrics import evaluate
-    from cxrcore.dataset import load_split
-    from cxrcore.predictions import align, read_predictions
+    from cxrcore.data.dataset import load_split
+    from cxrcore.data.predictions import align, read_predictions
 
     data = align(read_predictions(run.world.predictions), load_split(run.world.labels))
     want = evaluate(data.y, data.probs, data.labels, data.patient_ids, n_bootstrap=0)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrcore.labels import LABELS, canonical_label
+from cxrcore.data.labels import LABELS, canonical_label
 
 #: Roughly NIH-like prevalences in LABELS order, so random tables look like the real thing.
 PREVALENCE = np.array([0.103, 0.025, 0.042, 0.021, 0.119, 0.022, 0.015, 0.002, 0.177, 0.052, 0.056,

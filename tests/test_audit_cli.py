@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cxrcore.cli import main
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from tests.csv_corpus import (near_copy, nih_frame, onehot_frame, smooth_image, write_csv, write_list,
                               write_png)
 

@@ -21,7 +21,7 @@ import pytest
 from cxrcore import model as M
 from cxrcore import trainconfig
 from cxrcore.errors import ConfigError, ModelError
-from cxrcore.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from cxrcore.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
 SIZE = 32
 LABELS3 = ("Mass", "Edema", "Nodule")

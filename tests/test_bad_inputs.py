@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from cxrcore.cli import main
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from tests.bad_inputs import (ACCEPTED, BY_ID, CAM_UPLOAD, CASES, HOME_UPLOAD, MODELS_ROOT, REJECTED,
                               RESULTS_UPLOAD, Case, Outcome, World, make_world, page_cases, png_claiming)
 
@@ -88,7 +88,7 @@ def decoders_forbidden(active: bool) -> Iterator[None]:
         return
     import cv2
 
-    from cxrcore import images
+    from cxrcore.data import images
 
     def guarded(decode):
         def decode_unless_bomb(data, *args, **kwargs):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cxrcore.errors import ConfigError
-from cxrcore.pipeline import Augmentation, Normalization
+from cxrcore.data.pipeline import Augmentation, Normalization
 from cxrcore.train.batches import ImageBatches, augment, augmentation_params
 from cxrcore.train.image_cache import open_image_cache
 from tests.test_image_cache import write_pngs
@@ -37,7 +37,7 @@ def cache(tmp_path):
                                   Normalization.dataset([0.3, 0.4, 0.5], [0.2, 0.25, 0.3]), None],
                          ids=["sample", "dataset", "imagenet", "dataset-rgb", "raw"])
 def test_batches_equal_the_tf_data_pipeline(cache, norm):
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     y = _targets(len(cache))
     ds = pipeline.image_dataset(list(cache.paths), targets=y, input_size=SIZE, batch_size=4, normalization=norm)

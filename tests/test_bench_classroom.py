@@ -30,11 +30,11 @@ def bench():
 @pytest.fixture(scope="module")
 def roots(app_data_root, tmp_path_factory):
     """The 'mini' dataset, a tiny small_cnn model and one prediction file for its test split."""
-    from cxrcore.dataset import load_split
-    from cxrcore.labels import LABELS
+    from cxrcore.data.dataset import load_split
+    from cxrcore.data.labels import LABELS
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.pipeline import Normalization
+    from cxrcore.data.predictions import write_predictions
 
     base = tmp_path_factory.mktemp("classroom")
     shutil.copytree(app_data_root / "mini", base / "data" / "mini")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrcore.dataset import load_split
-from cxrcore.predictions import write_predictions
+from cxrcore.data.dataset import load_split
+from cxrcore.data.predictions import write_predictions
 from tests.app_support import StreamlitServer, headless_chromium
 from tests.test_browser import wait_until_idle
 

@@ -11,9 +11,9 @@ import pytest
 
 from cxrcore import cam
 from cxrcore.errors import ConfigError, ModelError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.model import LoadedModel, ModelInfo, build_model
-from cxrcore.pipeline import Normalization
+from cxrcore.data.pipeline import Normalization
 
 
 def _loaded(model, size: int, labels=LABELS, backbone: str = "small_cnn") -> LoadedModel:

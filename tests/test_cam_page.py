@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore.boxes import write_boxes
-from cxrcore.dataset import load_split
+from cxrcore.data.boxes import write_boxes
+from cxrcore.data.dataset import load_split
 from tests.app_support import open_app_page
 
 PAGE = "pages/gradcam_explorer.py"
@@ -24,7 +24,7 @@ PAGE = "pages/gradcam_explorer.py"
 def world(app_data_root, tmp_path_factory):
     """A copy of 'mini' with a bbox.csv (NIH format) for two test images, and a tiny small_cnn model."""
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     root = tmp_path_factory.mktemp("cam-page")
     data = root / "data"
@@ -253,7 +253,7 @@ def test_a_model_without_a_conv_feature_map_offers_only_the_gradient_methods(wor
     import keras
 
     from cxrcore.model import ModelInfo, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     inputs = keras.Input((32, 32, 3), name="image")
     logits = keras.layers.Dense(14, name="logits")(keras.layers.Flatten()(inputs))

@@ -13,8 +13,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrcore.cli import main
-from cxrcore.labels import LABELS
-from cxrcore.predictions import write_predictions
+from cxrcore.data.labels import LABELS
+from cxrcore.data.predictions import write_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 300

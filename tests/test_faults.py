@@ -332,8 +332,8 @@ def make_runs_with_damage(runs: Path, dataset: Path) -> tuple[Path, dict[str, st
     """A good finished run with test predictions, and damaged neighbours; {name: expected problem}."""
     import numpy as np
 
-    from cxrcore.dataset import load_split
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.dataset import load_split
+    from cxrcore.data.predictions import write_predictions
 
     config = tiny_config(dataset, epochs=2)
     finished = {"state": "finished", "epochs_done": 2, "epochs": 2, "best_val_auroc": 0.6, "message": "finished"}

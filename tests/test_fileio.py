@@ -60,7 +60,7 @@ def test_gzip_inflation_gives_what_gzip_gives_multi_member_included():
 
 
 def test_a_labels_file_bomb_is_refused_at_the_lowered_cap(tmp_path, monkeypatch):
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
 
     monkeypatch.setenv("CXR_MAX_TABLE_BYTES", str(1 * MiB))
     bomb = tmp_path / "split.csv.gz"
@@ -77,7 +77,7 @@ def test_a_labels_file_bomb_is_refused_at_the_lowered_cap(tmp_path, monkeypatch)
 
 
 def test_an_uploaded_bomb_counts_its_inflated_size(monkeypatch):
-    from cxrcore.predictions import read_predictions
+    from cxrcore.data.predictions import read_predictions
 
     monkeypatch.setenv("CXR_MAX_TABLE_BYTES", str(1 * MiB))
     upload = gzip.compress(b"Image,prob_Atelectasis\n" + b"0" * (8 * MiB), compresslevel=1)
@@ -185,10 +185,10 @@ def _within(seconds: float, work) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 def test_pipes_and_devices_are_refused_at_once_by_every_reader(kind, tmp_path):
-    from cxrcore.dataset import load_split
-    from cxrcore.images import quick_check, read_image
+    from cxrcore.data.dataset import load_split
+    from cxrcore.data.images import quick_check, read_image
     from cxrcore.model import load_model, read_model_info
-    from cxrcore.predictions import read_predictions
+    from cxrcore.data.predictions import read_predictions
 
     def special(name: str) -> Path:
         path = tmp_path / f"{kind}-{name}"
@@ -216,7 +216,7 @@ def test_pipes_and_devices_are_refused_at_once_by_every_reader(kind, tmp_path):
 def test_a_fifo_in_the_image_folder_is_named_before_reading(tmp_path):
     import pandas as pd
 
-    from cxrcore.pipeline import resolve_image_paths
+    from cxrcore.data.pipeline import resolve_image_paths
 
     (tmp_path / "a.png").write_bytes(b"x")
     os.mkfifo(tmp_path / "b.png")
@@ -283,7 +283,7 @@ def _parser_running(run):
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_written_files_follow_the_umask(umask, tmp_path):
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.predictions import write_predictions
 
     old = os.umask(umask)
     try:
@@ -299,7 +299,7 @@ def test_written_files_follow_the_umask(umask, tmp_path):
 
 def test_a_saved_model_follows_the_umask(tmp_path):
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     old = os.umask(0o022)
     try:

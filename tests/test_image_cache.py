@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrcore import images
+from cxrcore.data import images
 from cxrcore.errors import DatasetError
 from cxrcore.train import image_cache
 from cxrcore.train.image_cache import open_image_cache
@@ -59,7 +59,7 @@ def every_format(folder: Path) -> list[str]:
 def test_pixels_equal_the_tf_data_pipeline_for_every_format(tmp_path):
     import tensorflow as tf  # noqa: F401 - the reference is today's tf.data pipeline
 
-    from cxrcore import pipeline
+    from cxrcore.data import pipeline
 
     paths = every_format(tmp_path)
     cache = open_image_cache(paths, SIZE, tmp_path / "cache")
@@ -187,7 +187,7 @@ def test_cache_and_batches_never_import_tensorflow(tmp_path):
         import os, sys
         os.environ["KERAS_BACKEND"] = "jax"
         sys.path.insert(0, {str(ROOT)!r})
-        from cxrcore.pipeline import Augmentation, Normalization
+        from cxrcore.data.pipeline import Augmentation, Normalization
         from cxrcore.train.batches import ImageBatches
         from cxrcore.train.image_cache import open_image_cache
         cache = open_image_cache({paths!r}, {SIZE}, {str(tmp_path / 'cache')!r}, workers=2)

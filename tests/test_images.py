@@ -1,4 +1,4 @@
-"""cxrcore.images: PNG/JPEG/DICOM decoding to [0, 1] grayscale, header checks and clear errors."""
+"""cxrcore.data.images: PNG/JPEG/DICOM decoding to [0, 1] grayscale, header checks and clear errors."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrcore import images
+from cxrcore.data import images
 from cxrcore.errors import ImageError
 
 

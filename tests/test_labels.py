@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxrcore.labels import COURSE_LABEL_ORDER, LABELS, NO_FINDING, canonical_label, is_no_finding, label_index
+from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS, NO_FINDING, canonical_label, is_no_finding, label_index
 
 NIH_ORDER = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
              "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax")

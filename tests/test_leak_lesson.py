@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cxrcore.leak_lesson import LESSON_GAP, compare_clean_and_leaky, has_leak_lesson
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from tests.app_support import open_app_page
 
 
@@ -38,7 +38,7 @@ def test_results_page_shows_both_splits_and_the_lesson_for_the_demo(demo_root, t
     """A tiny untrained model: the numbers on screen and the words beside them agree, whatever they are."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     models = tmp_path / "models"
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="tiny", backbone="small_cnn",

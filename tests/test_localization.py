@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from cxrcore import localization as loc
-from cxrcore.boxes import boxes_for, read_boxes, scale_box, write_boxes
+from cxrcore.data.boxes import boxes_for, read_boxes, scale_box, write_boxes
 from cxrcore.errors import DatasetError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 NIH_TEXT = """Image Index,Finding Label,Bbox [x,y,w,h],,,
 00013118_008.png,Atelectasis,225.084745762712,547.019216763771,86.7796610169491,79.1864406779661
@@ -169,11 +169,11 @@ def trained(tmp_path_factory):
     train and valid splits for ~30 s with plain keras fit (from logits, small random shifts)."""
     import keras
 
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
     from cxrcore.demo import DemoConfig, generate_demo_dataset
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
     from cxrcore.model import LoadedModel, ModelInfo, build_model, logits_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     root = tmp_path_factory.mktemp("cam-demo")
     config = DemoConfig(images=300, size=96, seed=3).with_prevalence(

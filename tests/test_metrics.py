@@ -11,7 +11,7 @@ from sklearn.metrics import (average_precision_score, brier_score_loss, roc_auc_
 
 from cxrcore import metrics as M
 from cxrcore.errors import ConfigError, PredictionsError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 
 def _random_case(rng: np.random.Generator, n: int, decimals: int | None = None):

@@ -14,8 +14,8 @@ import pytest
 
 from cxrcore import model as M
 from cxrcore.errors import ConfigError, ModelError
-from cxrcore.labels import COURSE_LABEL_ORDER, LABELS
-from cxrcore.pipeline import Normalization
+from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS
+from cxrcore.data.pipeline import Normalization
 
 SIZE = 64
 
@@ -294,7 +294,7 @@ def test_predict_on_arrays_and_on_files_agree(tmp_path):
     """UI path (cv2 decode + numpy) and evaluation path (tf.data) feed the model the same pixels."""
     import cv2
 
-    from cxrcore.images import read_image
+    from cxrcore.data.images import read_image
 
     model = M.build_model(input_size=32, backbone="small_cnn")
     _randomize(model, seed=3)

@@ -1,4 +1,4 @@
-"""cxrcore.pipeline: tf.data batches from a split table, normalization, augmentation and caches."""
+"""cxrcore.data.pipeline: tf.data batches from a split table, normalization, augmentation and caches."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from cxrcore import images, pipeline
+from cxrcore.data import images, pipeline
 from cxrcore.errors import ConfigError, DatasetError
-from cxrcore.labels import LABELS
-from cxrcore.pipeline import Augmentation, Normalization
+from cxrcore.data.labels import LABELS
+from cxrcore.data.pipeline import Augmentation, Normalization
 
 SIZE = 32
 

@@ -27,7 +27,7 @@ def test_markdown_tables_escape_pipes_in_the_header_too():
 
 
 def test_the_split_report_renders_as_tables_with_headings_at_the_level_asked():
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
     from cxrcore.splitting import stratify
     from tests.app_support import make_course_dataset
 
@@ -56,7 +56,7 @@ def _shift_page(folder: str) -> None:
     from pathlib import Path
 
     from cxrcore.audit import run_audit
-    from cxrcore.dataset import load_split
+    from cxrcore.data.dataset import load_split
     from dashboard.audit_view import render_shift
 
     splits = [load_split(Path(folder) / f"{name}.csv", split_name=name) for name in ("train_nih", "valid_leaky_nih")]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cxrcore.cli import main
-from cxrcore.dataset import load_split
-from cxrcore.labels import LABELS
+from cxrcore.data.dataset import load_split
+from cxrcore.data.labels import LABELS
 from cxrcore.model import ModelInfo, build_model, save_model
-from cxrcore.pipeline import Normalization
+from cxrcore.data.pipeline import Normalization
 from cxrcore.registry import KIND_BACKBONE, KIND_BROKEN, KIND_MODEL, discover_models
 from tests.app_support import make_course_dataset
 

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.dataset import load_split
+from cxrcore.data.dataset import load_split
 from cxrcore.errors import PredictionsError
-from cxrcore.labels import LABELS
-from cxrcore.predictions import align, normalize_image_name, read_predictions, write_predictions
+from cxrcore.data.labels import LABELS
+from cxrcore.data.predictions import align, normalize_image_name, read_predictions, write_predictions
 
 
 def _names(n: int) -> list[str]:

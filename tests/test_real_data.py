@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from cxrcore.cli import main
-from cxrcore.dataset import is_dataset_table, load_split, load_table
+from cxrcore.data.dataset import is_dataset_table, load_split, load_table
 from cxrcore.delong import compare_models
 from cxrcore.errors import PredictionsError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.metrics import ci_problem, evaluate, min_usable_replicates
-from cxrcore.predictions import align, read_predictions, write_predictions
+from cxrcore.data.predictions import align, read_predictions, write_predictions
 
 N_PATIENTS = 120
 
@@ -228,7 +228,7 @@ def _demo_folder(folder: Path) -> Path:
 
 
 def test_data_kind_of_folders_and_specs(tmp_path):
-    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, data_kind, spec_dataset
+    from cxrcore.data.catalog import DATA_REAL, DATA_SYNTHETIC, data_kind, spec_dataset
 
     demo = _demo_folder(tmp_path / "demo")
     assert data_kind(demo) == DATA_SYNTHETIC and data_kind(demo / "images") == DATA_SYNTHETIC
@@ -240,7 +240,7 @@ def test_data_kind_of_folders_and_specs(tmp_path):
 
 
 def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
-    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
+    from cxrcore.data.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
     from cxrcore.model import ModelInfo
 
     info = ModelInfo(dataset="demo", data_kind=DATA_SYNTHETIC)
@@ -255,7 +255,7 @@ def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
 
 
 def test_the_course_model_is_known_to_be_trained_on_real_x_rays():
-    from cxrcore.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
+    from cxrcore.data.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
     from cxrcore.model import course_model_info
 
     info = course_model_info()

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.catalog import DATA_SYNTHETIC
-from cxrcore.dataset import load_split
-from cxrcore.labels import LABELS
-from cxrcore.predictions import write_predictions
+from cxrcore.data.catalog import DATA_SYNTHETIC
+from cxrcore.data.dataset import load_split
+from cxrcore.data.labels import LABELS
+from cxrcore.data.predictions import write_predictions
 from tests.app_support import make_course_dataset, open_app_page
 
 RESULTS = "pages/results.py"
@@ -43,7 +43,7 @@ def demo_model(tmp_path_factory) -> Path:
     """A tiny model whose info says it was trained on the synthetic demo set."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     models = tmp_path_factory.mktemp("models")
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="demo", backbone="small_cnn",

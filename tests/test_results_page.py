@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore.dataset import load_split
-from cxrcore.labels import LABELS
-from cxrcore.predictions import write_predictions
+from cxrcore.data.dataset import load_split
+from cxrcore.data.labels import LABELS
+from cxrcore.data.predictions import write_predictions
 from tests.app_support import open_app_page
 
 PAGE = "pages/results.py"
@@ -186,7 +186,7 @@ def test_a_model_file_predicts_the_split_and_is_evaluated_with_its_training_leak
     names the training split, so evaluating the leaky split warns that the AUROC is inflated."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cxrcore.model import ModelInfo, build_model, save_model
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     models = tmp_path / "models"
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="tiny", backbone="small_cnn",

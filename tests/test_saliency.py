@@ -12,10 +12,10 @@ import pytest
 
 from cxrcore import cam, saliency
 from cxrcore.errors import ConfigError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.localization import faithfulness_curves, map_agreement, score_map
 from cxrcore.model import LoadedModel, ModelInfo, build_model
-from cxrcore.pipeline import Normalization
+from cxrcore.data.pipeline import Normalization
 from cxrcore.saliency import SaliencyOptions
 
 SIZE = 24
@@ -428,7 +428,7 @@ def test_cam_cli_refuses_cam_on_a_model_without_the_pooled_head(tmp_path, capsys
 def test_cam_cli_split_with_boxes_and_faithfulness_for_a_gradient_method(saved, tmp_path, capsys):
     import pandas as pd
 
-    from cxrcore.boxes import write_boxes
+    from cxrcore.data.boxes import write_boxes
     from cxrcore.cli import main
 
     _, model = saved

@@ -16,8 +16,8 @@ import pytest
 
 from cxrcore.errors import DatasetError
 from cxrcore.export import csv_text, neutralize_cell
-from cxrcore.paths import escaping_links, is_inside, resolve_image
-from cxrcore.pipeline import resolve_image_paths
+from cxrcore.data.paths import escaping_links, is_inside, resolve_image
+from cxrcore.data.pipeline import resolve_image_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,9 @@ import pytest
 
 from cxrcore.audit import count_leaked
 from cxrcore.cli import main
-from cxrcore.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
+from cxrcore.data.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
 from cxrcore.errors import DatasetError, OutputError
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 from cxrcore.splitting import (
     REPORT_JSON,
     REPORT_MD,

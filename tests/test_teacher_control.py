@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrcore import access, jobs
+from cxrcore import jobs
+from cxrcore.data import access
 from cxrcore.errors import ConfigError
 from cxrcore.trainconfig import config_from_dict
 from tests.app_support import ROOT, open_app_page, sleeper_holding

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from cxrcore.errors import ConfigError
-from cxrcore.labels import LABELS
-from cxrcore.pipeline import Augmentation
+from cxrcore.data.labels import LABELS
+from cxrcore.data.pipeline import Augmentation
 from cxrcore.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
                                  load_config, preset_changes, with_changes)
 

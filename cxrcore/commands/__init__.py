@@ -52,7 +52,7 @@ def input_files(*paths: str | os.PathLike | None, specs: Iterable[str] = (),
                 models: Iterable[str | None] = ()) -> list[str]:
     """Every file a command reads, so that none of them is overwritten by its output: the given paths, the
     files of NAME=FILE / NAME=TABLE@LIST split specs, and each model with its `<model>.json` info."""
-    from cxrcore.dataset import parse_split_spec
+    from cxrcore.data.dataset import parse_split_spec
 
     files = [os.fspath(p) for p in paths if p]
     for spec in specs:

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_named_splits(specs: list[str]) -> list:
     """Load NAME=FILE / NAME=TABLE@LIST specs; a label table named twice is read once."""
-    from cxrcore.dataset import load_split, load_table, parse_split_spec
+    from cxrcore.data.dataset import load_split, load_table, parse_split_spec
 
     tables: dict[str, object] = {}
     splits = []

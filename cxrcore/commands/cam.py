@@ -127,8 +127,8 @@ def _load(args: argparse.Namespace):
 
 
 def _boxes(args: argparse.Namespace, near: Path | None):
-    from cxrcore.boxes import read_boxes
-    from cxrcore.catalog import BBOX_NAMES
+    from cxrcore.data.boxes import read_boxes
+    from cxrcore.data.catalog import BBOX_NAMES
 
     if args.boxes:
         return read_boxes(args.boxes)
@@ -150,15 +150,15 @@ def _figure(image, result, boxes, truth, args):
 
 
 def read_image(path: str):
-    """cxrcore.images.read_image without libpng's own 'libpng error' line on stderr (see quiet_native_stderr)."""
-    from cxrcore import images
+    """cxrcore.data.images.read_image without libpng's own 'libpng error' line on stderr (see quiet_native_stderr)."""
+    from cxrcore.data import images
 
     with quiet_native_stderr():
         return images.read_image(path)
 
 
 def run_single(args: argparse.Namespace) -> int:
-    from cxrcore.boxes import boxes_for
+    from cxrcore.data.boxes import boxes_for
     from cxrcore.cam import explain, png_bytes, top_labels
     from cxrcore.commands import input_files
     from cxrcore.fileio import atomic_write_bytes, check_output_file, writing
@@ -226,14 +226,14 @@ def _report_text(summary, args, n_images: int, faith=None, curves=None) -> str:
 def run_split(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from cxrcore.boxes import boxes_for
+    from cxrcore.data.boxes import boxes_for
     from cxrcore.cam import explain_batch, png_bytes, top_labels
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.errors import DatasetError
     from cxrcore.export import csv_text
-    from cxrcore.labels import LABELS
+    from cxrcore.data.labels import LABELS
     from cxrcore.localization import deletion_test, localize_images, summarize_localization
-    from cxrcore.pipeline import resolve_image_paths
+    from cxrcore.data.pipeline import resolve_image_paths
 
     from cxrcore.commands import input_files
     from cxrcore.fileio import check_output_folder, writing

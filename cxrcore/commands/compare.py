@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from cxrcore.commands.evaluate import check_bootstrap, coverage_json, load_labels, print_warnings
     from cxrcore.delong import compare_models
     from cxrcore.errors import ConfigError, PredictionsError
-    from cxrcore.dataset import is_dataset_table
-    from cxrcore.predictions import align, common_images, coverage_line, read_predictions
+    from cxrcore.data.dataset import is_dataset_table
+    from cxrcore.data.predictions import align, common_images, coverage_line, read_predictions
 
     if len(args.predictions) < 2:
         raise ConfigError("compare needs at least two --predictions files.", fix="repeat --predictions per model.")

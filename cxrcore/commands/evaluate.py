@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_labels(spec: str):
-    """Load a labels file given as FILE or TABLE@LIST (NAME= prefix optional) with cxrcore.dataset."""
-    from cxrcore.dataset import load_split, load_table, parse_split_spec
+    """Load a labels file given as FILE or TABLE@LIST (NAME= prefix optional) with cxrcore.data.dataset."""
+    from cxrcore.data.dataset import load_split, load_table, parse_split_spec
 
     name, file, list_file = parse_split_spec(spec)
     if list_file is None:
@@ -110,9 +110,9 @@ def coverage_json(n_evaluated: int, n_labelled: int, whole_table: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrcore.dataset import is_dataset_table
+    from cxrcore.data.dataset import is_dataset_table
     from cxrcore.metrics import evaluate
-    from cxrcore.predictions import align, coverage_line, read_predictions
+    from cxrcore.data.predictions import align, coverage_line, read_predictions
 
     check_bootstrap(args.bootstrap)
     split = load_labels(args.labels)

@@ -63,7 +63,7 @@ def merge(parts: list[str], out: str) -> int:
 
     from cxrcore.errors import PredictionsError
     from cxrcore.fileio import check_output_file, writing
-    from cxrcore.predictions import read_predictions, write_predictions
+    from cxrcore.data.predictions import read_predictions, write_predictions
 
     target = check_output_file(out, inputs=parts)
     loaded = [read_predictions(p) for p in parts]
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 def _present(split, image_root: str):
     """The split's images on disk; DatasetError when none is."""
     from cxrcore.errors import DatasetError
-    from cxrcore.pipeline import present_rows
+    from cxrcore.data.pipeline import present_rows
 
     present, missing = present_rows(split, image_root)
     if not len(present):
@@ -167,7 +167,7 @@ def _present(split, image_root: str):
 
 
 def _summary(missing: list[str], total: int) -> str:
-    from cxrcore.pipeline import missing_summary
+    from cxrcore.data.pipeline import missing_summary
 
     return missing_summary(missing, total)
 

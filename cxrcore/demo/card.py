@@ -14,7 +14,7 @@ from cxrcore.demo.config import (DEFAULT_PREVALENCE, DISTINCT_FINDINGS, NIH_PREV
                                  DemoConfig)
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import read_json_file
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 TEACHING_RESULTS = Path(__file__).with_name("teaching_results.json")
 

@@ -14,7 +14,7 @@ import pandas as pd
 from cxrcore.demo.anatomy import stream
 from cxrcore.demo.config import IMAGES_PER_PATIENT, SPLIT_FRACTIONS, DemoConfig
 from cxrcore.demo.render import Case
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 #: Share of a label's prevalence that comes from patients who carry it chronically.
 CHRONIC_SHARE = 0.8

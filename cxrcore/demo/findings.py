@@ -17,7 +17,7 @@ import numpy as np
 
 from cxrcore.demo import anatomy as an
 from cxrcore.demo.anatomy import LEFT, RIGHT, SIGN, Canvas, Geometry, Layers, with_changes
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.demo.render import Case

@@ -12,7 +12,7 @@ import numpy as np
 
 from cxrcore.demo import anatomy as an
 from cxrcore.demo import findings as fd
-from cxrcore.labels import LABELS
+from cxrcore.data.labels import LABELS
 
 #: Stream purposes (the last key of an image's streams).
 _POSE, _EXPOSURE, _NOISE, _MARKER, _GAS = 1, 2, 3, 4, 5

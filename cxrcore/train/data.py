@@ -19,8 +19,8 @@ from cxrcore.trainconfig import TrainConfig
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cxrcore.dataset import Split
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.dataset import Split
+    from cxrcore.data.pipeline import Normalization
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -42,7 +42,7 @@ def split_fingerprint(spec: str) -> dict[str, Any]:
 
 def load_spec(spec: str, name: str) -> "Split":
     """A split from FILE or TABLE@LIST (absolute paths, as in a resolved config)."""
-    from cxrcore.dataset import load_split, load_table
+    from cxrcore.data.dataset import load_split, load_table
 
     table, at, list_file = spec.rpartition("@")
     if at:
@@ -78,7 +78,7 @@ def _subset(frame: "pd.DataFrame", limit: int | None, seed: int) -> "pd.DataFram
 def _fit_normalization(config: TrainConfig, frame: "pd.DataFrame") -> "Normalization":
     """'dataset' normalization fitted on training images: through tf.data on TensorFlow, else the image cache."""
     if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        from cxrcore.pipeline import estimate_normalization
+        from cxrcore.data.pipeline import estimate_normalization
 
         return estimate_normalization(frame, config.image_root, input_size=config.input_size, seed=config.seed)
     from cxrcore.train.inputs import estimate_normalization_cached
@@ -90,7 +90,7 @@ def _fit_normalization(config: TrainConfig, frame: "pd.DataFrame") -> "Normaliza
 def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization: bool = True) -> TrainingData:
     """Load the splits, take the CPU-preset subsets, compute class weights and (dataset mode) mean/std."""
     from cxrcore.loss import class_weights
-    from cxrcore.pipeline import Normalization, label_matrix
+    from cxrcore.data.pipeline import Normalization, label_matrix
 
     train = load_spec(config.train_split, "train")
     valid = load_spec(config.valid_split, "valid")

@@ -68,7 +68,7 @@ def kept_checkpoint(state: dict[str, Any]) -> str:
 
 def model_info(config: TrainConfig, data: TrainingData, run_dir: Path, epoch: int, val: dict[str, Any], *,
                backend: str = "tensorflow") -> Any:
-    from cxrcore.catalog import spec_dataset
+    from cxrcore.data.catalog import spec_dataset
     from cxrcore.model import ModelInfo
 
     meta = {"run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "epoch": epoch,
@@ -93,7 +93,7 @@ def write_test_predictions(run_dir: Path, config: TrainConfig, data: TrainingDat
     Images come through tf.data on TensorFlow, through the decoded-image cache on other backends.
     """
     from cxrcore.model import load_model
-    from cxrcore.predictions import write_predictions
+    from cxrcore.data.predictions import write_predictions
     from cxrcore.train.inputs import image_batches
 
     loaded = load_model(run_dir / jobs.BEST_MODEL)

@@ -10,7 +10,7 @@ Each row records the identity of the file it was decoded from (byte size, mtime_
 sidecar `<key>.stamps.npy`, written only after the row's pixels: a job killed mid-pass resumes where it
 stopped, and a file that changed since (new bytes, a rename over it, even a copy that kept the old
 mtime, which still gets a new ctime) is decoded again on the next open, without hashing gigabytes of
-PNGs at every job start. Pixels are those of `cxrcore.images` (the UI's numpy path), which equal the
+PNGs at every job start. Pixels are those of `cxrcore.data.images` (the UI's numpy path), which equal the
 tf.data pipeline's to 2e-4. Never imports TensorFlow.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cxrcore import images as _images
+from cxrcore.data import images as _images
 from cxrcore.errors import ConfigError, DatasetError
 
 #: Bump when the pixel format, the decode/resize rule or the file layout changes: old arrays are ignored.
@@ -73,7 +73,7 @@ def quantize(img: np.ndarray) -> np.ndarray:
 
 
 def decode_for_cache(path: str, input_size: int, max_pixels: int | None) -> np.ndarray:
-    """One file -> uint16 (S, S): cxrcore.images decoding, its resize rule, the cache's quantisation."""
+    """One file -> uint16 (S, S): cxrcore.data.images decoding, its resize rule, the cache's quantisation."""
     img = _images.read_image(path, max_pixels=max_pixels)
     return quantize(_images.resize(img, int(input_size)))
 
@@ -114,7 +114,7 @@ def _worker_init(pixels_file: str) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from the processes
-    except ImportError:  # pragma: no cover - cv2 is a dependency of cxrcore.images
+    except ImportError:  # pragma: no cover - cv2 is a dependency of cxrcore.data.images
         pass
     _writer = _RowWriter(pixels_file)
 

@@ -43,7 +43,7 @@ def _cache_settings(config: TrainConfig, n_images: int) -> tuple[bool, str | Non
 def make_datasets(config: TrainConfig, data: TrainingData, batch_size: int, *, train_frame: "pd.DataFrame | None" = None,
                   drop_remainder: bool = False):
     """(train, valid) tf.data pipelines: shuffled, augmented training batches and plain validation batches."""
-    from cxrcore.pipeline import make_dataset
+    from cxrcore.data.pipeline import make_dataset
 
     memory, cache_dir = _cache_settings(config, len(data.train) + len(data.valid))
     check = len(data.train) + len(data.valid) <= CHECK_HEADERS_UP_TO
@@ -122,7 +122,7 @@ def cached_feed(config: TrainConfig, data: TrainingData, batch_size: int, *, dro
     drop_remainder (JAX): every step has the same shape, so the step compiles once (a smaller last batch
     would compile it a second time: minutes for DenseNet121 on a GPU); the images left out change each epoch.
     """
-    from cxrcore.pipeline import label_matrix, resolve_image_paths
+    from cxrcore.data.pipeline import label_matrix, resolve_image_paths
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
 
@@ -149,12 +149,12 @@ def image_batches(frame: "pd.DataFrame", image_root: str, *, input_size: int, no
                   backend: str, cache_dir: str) -> Iterable[Any]:
     """Input batches (x only, in the frame's order) for prediction: tf.data on TensorFlow, else the image cache."""
     if backend == "tensorflow":
-        from cxrcore.pipeline import image_dataset, resolve_image_paths
+        from cxrcore.data.pipeline import image_dataset, resolve_image_paths
 
         ds = image_dataset(resolve_image_paths(frame, image_root), input_size=input_size, batch_size=batch_size,
                            normalization=normalization, memory_cache=False)
         return (x for x in ds)
-    from cxrcore.pipeline import resolve_image_paths
+    from cxrcore.data.pipeline import resolve_image_paths
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
 
@@ -165,11 +165,11 @@ def image_batches(frame: "pd.DataFrame", image_root: str, *, input_size: int, no
 
 def estimate_normalization_cached(frame: "pd.DataFrame", image_root: str, *, input_size: int, cache_dir: str,
                                   sample_size: int = 100, seed: int = 0) -> Any:
-    """cxrcore.pipeline.estimate_normalization (mean, std of the raw pixels of a sample of training images) read
+    """cxrcore.data.pipeline.estimate_normalization (mean, std of the raw pixels of a sample of training images) read
     from the decoded-image cache, for backends without tf.data."""
     import numpy as np
 
-    from cxrcore.pipeline import Normalization
+    from cxrcore.data.pipeline import Normalization
 
     sample = frame.sample(n=min(int(sample_size), len(frame)), random_state=seed)
     gray = np.concatenate([x[..., 0] for x in image_batches(sample, image_root, input_size=input_size,

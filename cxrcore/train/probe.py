@@ -136,13 +136,13 @@ def _probe_batches(backend: str, config: TrainConfig, data: TrainingData, sample
     if backend == "tensorflow":
         import tensorflow as tf
 
-        from cxrcore.pipeline import make_dataset
+        from cxrcore.data.pipeline import make_dataset
 
         ds = make_dataset(sample, data.image_root, labels=data.labels, input_size=config.input_size,
                           batch_size=config.batch_size, normalization=data.normalization,
                           augmentation=config.augmentation_object(), memory_cache=False)
         return [(tf.constant(x), tf.constant(y)) for x, y in ds.as_numpy_iterator()]
-    from cxrcore.pipeline import label_matrix
+    from cxrcore.data.pipeline import label_matrix
 
     part = dataclasses.replace(data, train=sample, valid=sample, y_valid=label_matrix(sample, data.labels))
     return list(cached_feed(config, part, config.batch_size, drop_remainder=backend == "jax").epoch(0))

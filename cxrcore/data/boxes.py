@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.errors import DatasetError
-from cxrcore.labels import LABELS, canonical_label
+from cxrcore.data.labels import LABELS, canonical_label
 
 IMAGE, LABEL = "Image", "Label"
 COORDS = ("x", "y", "w", "h")
@@ -60,7 +60,7 @@ def read_boxes(source: str | Path | bytes, *, name: str | None = None) -> pd.Dat
     Columns Image, Label (canonical), x, y, w, h (float pixels). DatasetError names the lines
     with an unknown label, a missing or non-numeric coordinate, or a box of no area.
     """
-    from cxrcore.dataset import _decode_text, _read_bytes  # shared file reading (gzip, UTF-8 checks)
+    from cxrcore.data.dataset import _decode_text, _read_bytes  # shared file reading (gzip, UTF-8 checks)
 
     display = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "uploaded box file")
     text = _decode_text(_read_bytes(source, display), display)

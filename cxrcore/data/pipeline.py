@@ -2,7 +2,7 @@
 
 Decoding runs in parallel inside tf.data (tf.io.decode_png / decode_jpeg for PNG and JPEG, and the
 faster kornia-rs PNG decoder for a share of the files, see `fast_png_share`; the header's size is
-checked first; `cxrcore.images` through tf.numpy_function for DICOM and anything unusual).
+checked first; `cxrcore.data.images` through tf.numpy_function for DICOM and anything unusual).
 Decoded, resized images are cached in memory and/or on disk (keyed by path, size, mtime and target
 size), so epochs after the first skip decoding. `Normalization` and `Augmentation` are
 small serializable dataclasses stored with every model, so predictions preprocess like training.
@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cxrcore import images as _images
+from cxrcore.data import images as _images
 from cxrcore.errors import ConfigError, DatasetError
-from cxrcore.labels import LABELS
-from cxrcore.paths import escaping_links, is_inside
+from cxrcore.data.labels import LABELS
+from cxrcore.data.paths import escaping_links, is_inside
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import tensorflow as tf
 
-    from cxrcore.dataset import Split
+    from cxrcore.data.dataset import Split
 
 NORMALIZATION_MODES = ("sample", "dataset", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,7 +135,7 @@ class Normalization:
     def _require_fitted(self) -> None:
         if not self.fitted:
             raise ConfigError("'dataset' normalization has no mean/std yet.",
-                              fix="fit it with cxrcore.pipeline.estimate_normalization on training images.")
+                              fix="fit it with cxrcore.data.pipeline.estimate_normalization on training images.")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Standardize a float32 batch (N, H, W, C) or image (H, W, C) of [0, 1] pixels (numpy)."""
@@ -343,7 +343,7 @@ def resolve_image_paths(frame: "pd.DataFrame", image_root: str | os.PathLike) ->
     root = Path(image_root)
     if "Image" not in getattr(frame, "columns", ()):
         raise DatasetError("the split table has no 'Image' column.", column="Image",
-                           fix="load it with cxrcore.dataset.load_split.")
+                           fix="load it with cxrcore.data.dataset.load_split.")
     if not root.is_dir():
         raise DatasetError("the image folder does not exist.", file=str(root),
                            fix="set the image folder to where the PNG files are.")
@@ -489,7 +489,7 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None,
 
     One branch per kind of file, chosen from the header: PNG gray/colour x 8/16-bit and JPEG with
     TF ops (after checking the header's size against max_pixels and the end marker, so truncated
-    files and bombs never reach them), everything else through `_py_decode` (cxrcore.images).
+    files and bombs never reach them), everything else through `_py_decode` (cxrcore.data.images).
     fast_png: a boolean tensor; when true, 8/16-bit gray, RGB and RGBA PNGs (not interlaced) are decoded
     by `_py_png_pixels` instead of tf.io.decode_png: the same pixels for 2.3x less CPU, under the GIL.
     """
@@ -512,7 +512,7 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None,
     # one dynamic branch per file (each tf.cond/switch costs ~0.4 ms on a 1024x1024 decode of ~11 ms)
     png_branch = tf.where(tf.equal(bit_depth, 16), 1, 0) + tf.where(gray, 0, 2) + tf.where(shrink, 0, 4)
     n_png = 8
-    if fast_png is not None:  # the fast decoder's formats (as cxrcore.images.fast_png_supported): branches 8-15
+    if fast_png is not None:  # the fast decoder's formats (as cxrcore.data.images.fast_png_supported): branches 8-15
         fast = fast_png & ((tf.equal(bit_depth, 8) | tf.equal(bit_depth, 16)) & tf.equal(depth_type[4], 0)
                 & (tf.equal(color_type, 0) | tf.equal(color_type, 2) | tf.equal(color_type, 6)))
         png_branch += tf.where(fast, 8, 0)
@@ -535,7 +535,7 @@ def _decode_tf(path: "tf.Tensor", size: int, max_pixels: int | None,
 
         def branch_fn() -> "tf.Tensor":
             img = resize(decode(), shrinking) / float(dtype.max)
-            if channels == 3:  # alpha dropped by the decoder; BT.601 luma as cxrcore.images
+            if channels == 3:  # alpha dropped by the decoder; BT.601 luma as cxrcore.data.images
                 img = tf.clip_by_value(tf.tensordot(img, weights, axes=1), 0.0, 1.0)[..., None]
             return img
         return branch_fn
@@ -640,7 +640,7 @@ def label_matrix(frame: "pd.DataFrame", labels: Sequence[str] = LABELS) -> np.nd
     missing = [label for label in labels if label not in frame.columns]
     if missing:
         raise DatasetError(f"the split table lacks label column(s): {', '.join(missing)}.",
-                           column=missing[0], fix="load it with cxrcore.dataset.load_split.")
+                           column=missing[0], fix="load it with cxrcore.data.dataset.load_split.")
     values = frame[list(labels)].to_numpy(dtype=np.float32)
     if values.size and (np.isnan(values).any() or not np.isin(values, (0.0, 1.0)).all()):
         raise DatasetError("label columns must hold only 0 and 1.", column=str(labels[0]))

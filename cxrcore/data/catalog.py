@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrcore.dataset import Split, load_split, load_table, parse_split_spec
+from cxrcore.data.dataset import Split, load_split, load_table, parse_split_spec
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import read_json_file
 
@@ -201,7 +201,7 @@ def load_entry_splits(entry: DatasetEntry) -> dict[str, Split]:
 
 def attach_metadata(split: Split, table: pd.DataFrame) -> Split:
     """Add the NIH table's metadata columns (age, sex, view, follow-up) that a split lacks, by image."""
-    from cxrcore.dataset import IMAGE, NIH_METADATA
+    from cxrcore.data.dataset import IMAGE, NIH_METADATA
 
     columns = [c for c in NIH_METADATA.values() if c in table.columns and c not in split.frame.columns]
     if not columns:

@@ -29,7 +29,7 @@ import pandas as pd
 from cxrcore.errors import DataWarning, PredictionsError
 from cxrcore.export import FORMULA_START, neutralize_cell
 from cxrcore.fileio import make_temp, read_table_bytes
-from cxrcore.labels import LABELS, canonical_label
+from cxrcore.data.labels import LABELS, canonical_label
 
 IMAGE = "Image"
 PROB_PREFIX = "prob_"
@@ -293,7 +293,7 @@ def align(predictions: Predictions, split: object, labels_name: str | None = Non
     missing_cols = [c for c in (IMAGE, "PatientId", *predictions.labels) if c not in frame.columns]
     if missing_cols:
         raise PredictionsError(f"the labels table lacks column(s) {', '.join(missing_cols)}.", file=source,
-                               fix="load the labels with cxrcore.dataset.load_split.")
+                               fix="load the labels with cxrcore.data.dataset.load_split.")
     label_images = frame[IMAGE].astype(str).to_numpy(dtype=object)
     index = pd.Index(predictions.images)
     position = index.get_indexer(label_images)

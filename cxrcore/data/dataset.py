@@ -23,7 +23,7 @@ import pandas as pd
 from cxrcore.errors import DatasetError, DataWarning
 from cxrcore.export import neutralize_formulas
 from cxrcore.fileio import read_table_bytes
-from cxrcore.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
+from cxrcore.data.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
 
 IMAGE = "Image"
 PATIENT = "PatientId"
