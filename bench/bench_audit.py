@@ -8,7 +8,7 @@ Measures, in one run:
      target < 1 s on 2 cores;
   3. the whole `python -m cxrcore audit ... --format json` subprocess, process start included
      (first and median of 5); target < 2.5 s median; interleaved in the same run with the same
-     command made to import scipy.stats first (what the audit did before cxrcore.stattests);
+     command made to import scipy.stats first (what the audit did before cxrcore.audit.stattests);
   4. perceptual hashing throughput (decode + content hash + DCT hash) on the 1024x1024 PNGs in
      sample_images/, 1 worker vs the default worker count, in images/s.
 
@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cxrcore.audit import run_audit  # noqa: E402
+from cxrcore.audit.audit import run_audit  # noqa: E402
 from cxrcore.data.dataset import load_split, load_table, select_images  # noqa: E402
 from cxrcore.data.imagecheck import check_images  # noqa: E402
-from cxrcore.report import to_json  # noqa: E402
+from cxrcore.audit.report import to_json  # noqa: E402
 
 AUDIT_TARGET_S = 1.0
 CLI_TARGET_S = 2.5  # whole process, median on 2 cores (fresh-machine issue)
@@ -116,7 +116,7 @@ def main() -> int:
     print(f"    wall time incl. process start: first {cli_times[0]:.2f} s, median of 5 {cli_median:.2f} s  -> "
           f"{cli_median / CLI_TARGET_S:.2f} x the {CLI_TARGET_S:.1f} s target "
           f"({'met' if cli_median < CLI_TARGET_S else 'MISSED'}); scipy.stats imported: {imported}")
-    print(f"    same command importing scipy.stats first (the audit before cxrcore.stattests): median "
+    print(f"    same command importing scipy.stats first (the audit before cxrcore.audit.stattests): median "
           f"{stats_median:.2f} s -> {cli_median / stats_median:.2f} x its time")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import cxrcore.cli"], cwd=ROOT, env=env, check=True)

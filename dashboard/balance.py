@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cxrcore.audit import class_balance
+from cxrcore.audit.audit import class_balance
 from cxrcore.data.catalog import split_role
 from cxrcore.data.dataset import Split
 from cxrcore.data.labels import LABELS

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from cxrcore.audit import SplitSummary
+from cxrcore.audit.audit import SplitSummary
 from cxrcore.data.labels import LABELS
 
 #: One colour per class, used by every chart (bars, curves, overlays' legends).

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxrcore.audit import summarize
+from cxrcore.audit.audit import summarize
 from cxrcore.data.dataset import IMAGE, PATIENT, Split
 from cxrcore.data.labels import LABELS, NO_FINDING
 from cxrcore.data.paths import resolve_image

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxrcore.audit import AuditReport
+from cxrcore.audit.audit import AuditReport
 from cxrcore.data.catalog import split_role
 from cxrcore.data.dataset import Split
-from cxrcore.splitting import (DRAIN_KEEP, CLI_RESPLIT_SIZES, SplitResult, outputs_zip, repair_leakage,
+from cxrcore.audit.splitting import (DRAIN_KEEP, CLI_RESPLIT_SIZES, SplitResult, outputs_zip, repair_leakage,
                                resplit_same_sizes, stratify)
 from dashboard.loaders import split_key
 from dashboard.widgets import teaching_note, user_errors

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cxrcore.audit import AuditReport, run_audit
+from cxrcore.audit.audit import AuditReport, run_audit
 from cxrcore.data.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
 from cxrcore.data.dataset import Split, load_split
 from cxrcore.errors import CxrError, DatasetError

@@ -29,7 +29,7 @@ from cxrcore.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
                              reliability_bins, roc_curve, threshold_metrics)
 from cxrcore.data.predictions import Aligned, Predictions, align, read_predictions
-from cxrcore.report import format_p
+from cxrcore.audit.report import format_p
 from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
 from dashboard.loaders import split_key

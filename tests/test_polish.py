@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrcore import cam
-from cxrcore.report import format_p, markdown_table
+from cxrcore.audit.report import format_p, markdown_table
 from tests.app_support import ROOT
 
 
@@ -28,7 +28,7 @@ def test_markdown_tables_escape_pipes_in_the_header_too():
 
 def test_the_split_report_renders_as_tables_with_headings_at_the_level_asked():
     from cxrcore.data.dataset import load_split
-    from cxrcore.splitting import stratify
+    from cxrcore.audit.splitting import stratify
     from tests.app_support import make_course_dataset
 
     import tempfile
@@ -55,7 +55,7 @@ def test_one_p_value_format():
 def _shift_page(folder: str) -> None:
     from pathlib import Path
 
-    from cxrcore.audit import run_audit
+    from cxrcore.audit.audit import run_audit
     from cxrcore.data.dataset import load_split
     from dashboard.audit_view import render_shift
 

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.audit import count_leaked
+from cxrcore.audit.audit import count_leaked
 from cxrcore.cli import main
 from cxrcore.data.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
 from cxrcore.errors import DatasetError, OutputError
 from cxrcore.data.labels import LABELS
-from cxrcore.splitting import (
+from cxrcore.audit.splitting import (
     REPORT_JSON,
     REPORT_MD,
     assign_patients,

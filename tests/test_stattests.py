@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cxrcore.stattests import KS_EXACT_MAX_N, chi2_contingency, ks_2samp
+from cxrcore.audit.stattests import KS_EXACT_MAX_N, chi2_contingency, ks_2samp
 
 
 @pytest.mark.parametrize("shape", [(2, 2), (2, 3), (3, 2), (4, 2)])
@@ -54,7 +54,7 @@ def test_ks_refuses_an_empty_sample():
 
 
 def test_a_large_clear_shift_does_not_import_scipy_stats():
-    code = ("import sys, numpy as np; from cxrcore.stattests import ks_2samp, chi2_contingency\n"
+    code = ("import sys, numpy as np; from cxrcore.audit.stattests import ks_2samp, chi2_contingency\n"
             "r = np.random.default_rng(0)\n"
             f"d, p = ks_2samp(r.normal(45, 16, {KS_EXACT_MAX_N * 8}), r.normal(46, 16, {KS_EXACT_MAX_N * 2}))\n"
             "chi2_contingency(np.array([[30, 50], [40, 20]]))\n"

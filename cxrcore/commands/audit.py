@@ -38,8 +38,8 @@ def load_named_splits(specs: list[str]) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrcore.audit import run_audit
-    from cxrcore.report import render
+    from cxrcore.audit.audit import run_audit
+    from cxrcore.audit.report import render
 
     splits = load_named_splits(args.split)
 

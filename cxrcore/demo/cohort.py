@@ -106,7 +106,7 @@ def _leaky_rows(frame: pd.DataFrame, target: int, seed: int) -> np.ndarray:
 
 def plan_cohort(config: DemoConfig) -> Cohort:
     """Patients, images, labels and splits for a config (deterministic, no pixels)."""
-    from cxrcore.splitting import assign_patients
+    from cxrcore.audit.splitting import assign_patients
 
     rows = []
     for patient in _patients(config):

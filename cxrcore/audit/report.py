@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from cxrcore.audit import AuditReport, SplitSummary
+from cxrcore.audit.audit import AuditReport, SplitSummary
 from cxrcore.data.labels import LABELS
 
 

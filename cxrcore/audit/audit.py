@@ -16,7 +16,7 @@ import pandas as pd
 from cxrcore.data.dataset import IMAGE, PATIENT, Split
 from cxrcore.errors import DatasetError, DataWarning
 from cxrcore.data.labels import LABELS
-from cxrcore.stattests import chi2_contingency, ks_2samp
+from cxrcore.audit.stattests import chi2_contingency, ks_2samp
 
 ProgressCallback = Callable[[int, int, str], None]
 
