@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrcore.cli import main as cli_main  # noqa: E402
-from cxrcore.delong import compare_models  # noqa: E402
+from cxrcore.evaluate.delong import compare_models  # noqa: E402
 from cxrcore.data.labels import LABELS  # noqa: E402
-from cxrcore.metrics import evaluate  # noqa: E402
+from cxrcore.evaluate.metrics import evaluate  # noqa: E402
 from cxrcore.data.predictions import write_predictions  # noqa: E402
 
 TARGET_S = 10.0
@@ -138,7 +138,7 @@ def main() -> None:
     t_naive = naive_bootstrap(y, p_a, pid, n_naive)
     extrapolated = t_naive * B / n_naive
     # the fast bootstrap alone (same replicates count) for a like-for-like ratio
-    from cxrcore.metrics import bootstrap_auroc
+    from cxrcore.evaluate.metrics import bootstrap_auroc
     t_fast, _ = timed(lambda: bootstrap_auroc(y, p_a, pid, n_bootstrap=B, seed=0), 3)
     print(f"naive sklearn loop: {t_naive:.2f} s for {n_naive} replicates, extrapolated {extrapolated:.1f} s for {B} "
           f"(measured on {n_naive} and scaled linearly)")

@@ -231,7 +231,7 @@ def dataset_boxes(dataset: ActiveDataset) -> pd.DataFrame | None:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _aurocs(key: str, split_key: str, _y: np.ndarray, _probs: np.ndarray) -> dict[str, float]:
-    from cxrcore.metrics import auroc
+    from cxrcore.evaluate.metrics import auroc
 
     out = {}
     for j, label in enumerate(LABELS):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cxrcore.leak_lesson import CLEAN, LEAKY, LeakComparison, compare_clean_and_leaky, has_leak_lesson
+from cxrcore.evaluate.leak_lesson import CLEAN, LEAKY, LeakComparison, compare_clean_and_leaky, has_leak_lesson
 from dashboard.loaders import ActiveDataset
 from dashboard.models import active_models, predictions_for
 from dashboard.widgets import teaching_note, user_errors

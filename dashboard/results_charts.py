@@ -12,8 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cxrcore.literature import PublishedResult
-from cxrcore.metrics import PrCurve, ReliabilityBin, RocCurve, ThresholdMetrics
+from cxrcore.evaluate.literature import PublishedResult
+from cxrcore.evaluate.metrics import PrCurve, ReliabilityBin, RocCurve, ThresholdMetrics
 from dashboard.charts import CLASS_COLORS, NEGATIVE_COLOR
 
 MODEL_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")

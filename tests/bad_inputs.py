@@ -852,7 +852,7 @@ def _every(change: Callable[[int, list[str]], list[str]]) -> Callable[[list[list
 
 def _same_auroc(run: Outcome) -> None:
     """The same AUROCs as the plain file."""
-    from cxrcore.metrics import evaluate
+    from cxrcore.evaluate.metrics import evaluate
     from cxrcore.data.dataset import load_split
     from cxrcore.data.predictions import align, read_predictions
 

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from cxrcore.delong import compare_models, delong_covariance, delong_test, holm, paired_test
+from cxrcore.evaluate.delong import compare_models, delong_covariance, delong_test, holm, paired_test
 from cxrcore.errors import ConfigError
 
 

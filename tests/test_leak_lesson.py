@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cxrcore.leak_lesson import LESSON_GAP, compare_clean_and_leaky, has_leak_lesson
+from cxrcore.evaluate.leak_lesson import LESSON_GAP, compare_clean_and_leaky, has_leak_lesson
 from cxrcore.data.labels import LABELS
 from tests.app_support import open_app_page
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import (average_precision_score, brier_score_loss, roc_auc_score,
                              roc_curve as sk_roc_curve)
 
-from cxrcore import metrics as M
+from cxrcore.evaluate import metrics as M
 from cxrcore.errors import ConfigError, PredictionsError
 from cxrcore.data.labels import LABELS
 
@@ -257,7 +257,7 @@ def test_invalid_inputs_raise_domain_errors():
 
 
 def test_literature_tables_cover_the_14_labels():
-    from cxrcore.literature import CHEXNET, NOTE, PUBLISHED, literature_table, published
+    from cxrcore.evaluate.literature import CHEXNET, NOTE, PUBLISHED, literature_table, published
 
     for result in PUBLISHED:
         assert set(result.aurocs) == set(LABELS) and result.citation

@@ -371,7 +371,7 @@ def test_mixed_precision_keeps_the_head_in_float32(shapes):
 
 def test_validation_metrics_match_the_course_loss_and_auroc():
     from cxrcore.loss import weighted_loss_numpy
-    from cxrcore.metrics import auroc
+    from cxrcore.evaluate.metrics import auroc
     from cxrcore.train.validation import validation_metrics
 
     rng = np.random.default_rng(1)

@@ -17,7 +17,7 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
 def validation_metrics(logits: np.ndarray, y: np.ndarray, w_pos: np.ndarray, w_neg: np.ndarray,
                        labels: tuple[str, ...]) -> dict[str, Any]:
     """Weighted loss (the training loss) and per-class / mean AUROC of validation logits."""
-    from cxrcore.metrics import auroc
+    from cxrcore.evaluate.metrics import auroc
 
     z = np.asarray(logits, dtype=np.float64)
     if not np.isfinite(z).all():

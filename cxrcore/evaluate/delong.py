@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrcore.errors import ConfigError, PredictionsError
-from cxrcore.metrics import _groups, bootstrap_auroc, ci_problem, jsonable, midranks, percentile_ci
+from cxrcore.evaluate.metrics import _groups, bootstrap_auroc, ci_problem, jsonable, midranks, percentile_ci
 
 _Z975 = 1.959963984540054
 
