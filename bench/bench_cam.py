@@ -104,7 +104,7 @@ def naive_gradcam_loop(grad_model, x, size: tuple[int, int]) -> np.ndarray:
 def bench_maps(repeats: int, nih: Path) -> dict:
     import keras
 
-    from cxrcore.model import LoadedModel, ModelInfo, build_model
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model
     from cxrcore.data.pipeline import Normalization
 
     keras.utils.set_random_seed(0)
@@ -167,7 +167,7 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
     import keras
 
     from cxrcore import saliency
-    from cxrcore.model import LoadedModel, ModelInfo, build_model
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model
     from cxrcore.data.pipeline import Normalization
 
     keras.utils.set_random_seed(0)
@@ -231,7 +231,7 @@ def compare_methods_on_demo(work: Path) -> None:
     from cxrcore.demo import DemoConfig, generate_demo_dataset
     from cxrcore.data.images import read_image
     from cxrcore.localization import faithfulness_curves, localize_images, map_agreement
-    from cxrcore.model import LoadedModel, ModelInfo, build_model, logits_model
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model
     from cxrcore.data.pipeline import Normalization
     from cxrcore.saliency import SaliencyOptions
 
@@ -308,7 +308,7 @@ def nih_sample_dataset(nih: Path, folder: Path) -> Path | None:
 def bench_explorer(nih: Path, clicks: int, keep_kernels: bool = True) -> dict | None:
     from streamlit.testing.v1 import AppTest
 
-    from cxrcore.model import ModelInfo, build_model, save_model
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
 
     with tempfile.TemporaryDirectory() as tmp:

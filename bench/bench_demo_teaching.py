@@ -182,9 +182,9 @@ def _train_runs(root: Path, size: int, epochs: int, repeats: int) -> dict:
 def _score_run(run_dir: Path, root: Path) -> dict:
     """Mean AUROC of a run's best model on valid and valid_leaky, over the labels both splits can score."""
     from cxrcore.data.dataset import load_split
-    from cxrcore.inference import predict_split
-    from cxrcore.model import load_model
-    from cxrcore.registry import describe_model
+    from cxrcore.train.inference import predict_split
+    from cxrcore.train.model import load_model
+    from cxrcore.train.registry import describe_model
 
     path = run_dir / "best.keras"
     loaded = load_model(str(path), describe_model(path, "best").info)
@@ -204,7 +204,7 @@ def one_click_runs(root: Path, repeats: int, tmp: Path) -> dict:
     """Train the demo preset as the app does (a separate `cxrcore train` process per seed) and score it."""
     import subprocess
 
-    from cxrcore.trainconfig import PRESETS
+    from cxrcore.train.trainconfig import PRESETS
 
     runs = []
     for seed in range(repeats):

@@ -15,7 +15,7 @@ Prints, each measured in this run:
    the cache (ImageBatches: shuffle, sample normalization, with and without augmentation) in img/s and
    CPU ms per image (wall-clock rates on a loaded machine mislead; CPU time per image does not).
 2. Training (one child process per backend, as a job would be): the project's DenseNet121
-   (cxrcore.model.build_model, logits head, cxrcore.loss) trained with the project's own step
+   (cxrcore.train.model.build_model, logits head, cxrcore.train.loss) trained with the project's own step
    (cxrcore.train.steps.make_steps) at --batch, bf16 on GPUs: img/s fed from the cache
    (ImageBatches.iterate, prefetched, as a job is fed) and from one batch held in memory (their ratio:
    target >= 0.9), prediction img/s, and the time to the first step. JAX runs twice with one persistent compilation cache: the second process is
@@ -300,7 +300,7 @@ def child_keras(backend: str, spec: dict) -> dict:
     import numpy as np
 
     from cxrcore.data.labels import LABELS
-    from cxrcore.model import build_model, logits_model
+    from cxrcore.train.model import build_model, logits_model
     from cxrcore.data.pipeline import Augmentation, Normalization
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache

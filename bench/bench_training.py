@@ -17,7 +17,7 @@ Measures, in one run:
    ratio is the median over adjacent pairs, so load from other processes hits both sides alike.
    Target: files >= 90% of in-memory. Images: the 30 real NIH sample images (../shared/nih) copied
    --copies times, or generated 1024x1024 demo phantoms when that folder is absent.
-2. The Training page's time probe (cxrcore.jobs.run_probe, a few batches in a child process) for the
+2. The Training page's time probe (cxrcore.train.jobs.run_probe, a few batches in a child process) for the
    demo preset on a generated demo set, against a real two-epoch job of the same config
    (`python -m cxrcore train`): the probe's first-epoch and later-epoch estimates vs metrics.csv.
 """
@@ -115,9 +115,9 @@ def bench_model(frame: pd.DataFrame, folder: Path, model_name: str, size: int, b
     import keras
     import tensorflow as tf
 
-    from cxrcore import loss
+    from cxrcore.train import loss
     from cxrcore.data import pipeline
-    from cxrcore import model as M
+    from cxrcore.train import model as M
 
     norm = pipeline.Normalization.sample()
     targets = pipeline.label_matrix(frame)
@@ -192,9 +192,9 @@ def _print_model(m: dict) -> None:
 
 def bench_probe(work: Path, epochs: int = 2) -> dict:
     """Probe the demo preset on a generated demo set, then train it for `epochs` epochs as the page does."""
-    from cxrcore import jobs
+    from cxrcore.train import jobs
     from cxrcore.demo import DemoConfig, generate_demo_dataset
-    from cxrcore.trainconfig import config_from_dict
+    from cxrcore.train.trainconfig import config_from_dict
 
     start = time.perf_counter()
     dataset = generate_demo_dataset(work / "demo", DemoConfig())
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     m = bench_model(sub, folder, name, args.densenet_size, args.densenet_batch, args.repeats,
                                     train_part=not args.predict_only, png_decoder=args.png_decoder)
                 else:  # the demo preset's model, size and batch
-                    from cxrcore.trainconfig import PRESETS
+                    from cxrcore.train.trainconfig import PRESETS
 
                     demo = PRESETS["demo"]
                     m = bench_model(frame, folder, demo["backbone"], demo["input_size"], demo["batch_size"],

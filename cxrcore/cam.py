@@ -36,7 +36,7 @@ from cxrcore.data.labels import LABELS, canonical_label
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-    from cxrcore.model import LoadedModel
+    from cxrcore.train.model import LoadedModel
     from cxrcore.saliency import SaliencyOptions
 
 #: Methods that read a convolutional feature map (CAM needs the GAP + Dense head on it).
@@ -94,7 +94,7 @@ class CamModel:
         import keras
         import tensorflow as tf
 
-        from cxrcore.model import cam_layers
+        from cxrcore.train.model import cam_layers
 
         self.model = model
         self.feature_layer, self.dense_layer = cam_layers(model)
@@ -104,7 +104,7 @@ class CamModel:
         self.input_size = tuple(model.input.shape[1:3])
         if len(tuple(model.output.shape)) != 2 or int(model.output.shape[1]) != self.n_outputs:
             raise ModelError("the model's output is not the Dense head that reads the pooled features.",
-                             fix="use a model built by cxrcore.model.build_model (or the course's).")
+                             fix="use a model built by cxrcore.train.model.build_model (or the course's).")
         spec = tf.TensorSpec([None, *model.input.shape[1:]], tf.float32)
         fast = keras.Model(model.inputs, [model.get_layer(self.feature_layer).output, model.output],
                            name=f"{model.name}_cam")
@@ -438,7 +438,7 @@ def explain_batch(loaded: "LoadedModel", images: Sequence[np.ndarray], labels: S
     Each image's maps come back at its own (H, W), or at `sizes[i]` (e.g. a display size).
     saliency_options: SmoothGrad / Integrated Gradients settings (cxrcore.saliency.SaliencyOptions).
     """
-    from cxrcore.model import reorder_outputs
+    from cxrcore.train.model import reorder_outputs
 
     indices, names = output_indices(loaded, labels)
     images = list(images)

@@ -27,7 +27,7 @@ import pandas as pd
 from cxrcore.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cxrcore.model import LoadedModel
+    from cxrcore.train.model import LoadedModel
     from cxrcore.saliency import SaliencyOptions
 
 Box = tuple[float, float, float, float]

@@ -36,7 +36,7 @@ from cxrcore.errors import ConfigError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-    from cxrcore.model import LoadedModel
+    from cxrcore.train.model import LoadedModel
 
 #: Name shown as the "layer" of a gradient map: the maps live on the model's input pixels.
 INPUT_LAYER = "input"

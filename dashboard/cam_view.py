@@ -24,9 +24,9 @@ from cxrcore.data.dataset import IMAGE, Split
 from cxrcore.errors import CxrError
 from cxrcore.export import csv_text
 from cxrcore.data.labels import LABELS
-from cxrcore.model import LoadedModel
+from cxrcore.train.model import LoadedModel
 from cxrcore.data.paths import resolve_image
-from cxrcore.registry import ModelEntry
+from cxrcore.train.registry import ModelEntry
 from dashboard.charts import CLASS_COLORS, cached_figure, faithfulness_curves_chart
 from dashboard.loaders import ActiveDataset, preview_jpeg
 from dashboard.models import keep_compiled_functions

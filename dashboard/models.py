@@ -8,9 +8,9 @@ import streamlit as st
 from streamlit.logger import get_logger
 
 from cxrcore.data.dataset import Split
-from cxrcore.model import LoadedModel
+from cxrcore.train.model import LoadedModel
 from cxrcore.data.predictions import Predictions, read_predictions
-from cxrcore.registry import ModelEntry, discover_models
+from cxrcore.train.registry import ModelEntry, discover_models
 from dashboard.loaders import ActiveDataset
 from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root
 
@@ -78,8 +78,8 @@ def keep_compiled_functions() -> None:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def loaded_model(path: str, fingerprint: str) -> LoadedModel:
     """One loaded copy per model file per server process, shared by every session."""
-    from cxrcore.model import load_model
-    from cxrcore.registry import describe_model
+    from cxrcore.train.model import load_model
+    from cxrcore.train.registry import describe_model
 
     keep_compiled_functions()
     model = load_model(path, describe_model(Path(path), Path(path).stem).info)
@@ -102,7 +102,7 @@ def freeze_long_lived_heap() -> None:
 
 @st.cache_resource(show_spinner="Fitting the model's normalization on training images...", max_entries=8)
 def _fitted(path: str, fingerprint: str, _train: Split, train_key: str, image_root: str) -> LoadedModel:
-    from cxrcore.inference import fit_normalization
+    from cxrcore.train.inference import fit_normalization
 
     return fit_normalization(loaded_model(path, fingerprint), _train, image_root)
 
@@ -128,7 +128,7 @@ def predictions_for(entry: ModelEntry, split: Split, dataset: ActiveDataset) -> 
     """The model's predictions on the images of a split that are on disk (missing files are left out: the
     pages say which), computed once (progress bar) and cached."""
     from cxrcore.errors import DatasetError
-    from cxrcore.inference import cached_predictions
+    from cxrcore.train.inference import cached_predictions
     from dashboard.loaders import present_images
 
     model = ready_model(entry, dataset)

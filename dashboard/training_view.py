@@ -1,6 +1,6 @@
 """Training page sections: hardware, the one-click demo model, new-run settings with a time probe, and runs.
 
-Jobs run as detached processes (`cxrcore.jobs.launch`): closing the page or restarting the app does
+Jobs run as detached processes (`cxrcore.train.jobs.launch`): closing the page or restarting the app does
 not stop them, and the page finds them again from runs/<id>/status.json. The live view is an
 `st.fragment` that re-reads status.json, metrics.csv and train.log every POLL_S seconds while a run
 is active; a run whose process is gone shows as interrupted at the next poll. On a shared server the
@@ -20,12 +20,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import jobs, preflight
+from cxrcore.train import jobs, preflight
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import parse_json
 from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
-from cxrcore.registry import KIND_BACKBONE, KIND_MODEL
-from cxrcore.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
+from cxrcore.train.registry import KIND_BACKBONE, KIND_MODEL
+from cxrcore.train.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
                                  TrainConfig, auto_preset, config_from_dict, detect_hardware)
 from dashboard.charts import CLASS_COLORS
 from dashboard.loaders import ActiveDataset
@@ -583,14 +583,14 @@ def _freeze_widgets(column: Any, backbone: str, default: str, *, key: str) -> st
 
 def weights_source(backbone: str):
     """Where the backbone's ImageNet weights would come from now (cache, course file, preset, download)."""
-    from cxrcore.model import find_imagenet_weights
+    from cxrcore.train.model import find_imagenet_weights
 
     return find_imagenet_weights(models_root(), backbone=backbone)
 
 
 def _vit_preset_folder(column: Any, current: str, *, key: str) -> str:
     """A keras-hub ViT-B/16 preset folder (config.json + model.weights.h5) picked from those under models/."""
-    from cxrcore.model import VIT_PRESET_DIR, vit_preset_problem
+    from cxrcore.train.model import VIT_PRESET_DIR, vit_preset_problem
 
     root = models_root()
     folders = sorted(str(p.parent) for p in Path(root).rglob("config.json") if vit_preset_problem(p.parent) is None) \

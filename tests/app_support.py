@@ -56,7 +56,7 @@ def sleeper_holding(run_dir: Path, seconds: int = 60) -> subprocess.Popen:
     """A plain process that holds the run's train.lock (inherited descriptor), as a launched job does."""
     import fcntl
 
-    from cxrcore import jobs
+    from cxrcore.train import jobs
 
     fd = os.open(run_dir / jobs.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

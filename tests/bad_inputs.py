@@ -81,7 +81,7 @@ class World:
     @cached_property
     def loaded(self):
         """The tiny model loaded in this process (for the expected results of accepted cases)."""
-        from cxrcore.model import load_model
+        from cxrcore.train.model import load_model
 
         return load_model(self.model)
 
@@ -100,7 +100,7 @@ def reference_pixels() -> np.ndarray:
 def make_world(root: Path) -> World:
     """Write the good inputs under root (about 2 s: most of it saving the model)."""
     from cxrcore.data.dataset import load_split
-    from cxrcore.model import ModelInfo, build_model, save_model
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
     from cxrcore.data.predictions import write_predictions
     from tests.app_support import make_course_dataset
@@ -730,7 +730,7 @@ def _no_foreign_code(run: Outcome) -> None:
 
 def _small_cnn(labels: tuple[str, ...] = LABELS) -> Callable[[Path], object]:
     def make(folder: Path):
-        from cxrcore.model import build_model
+        from cxrcore.train.model import build_model
 
         return build_model(labels, input_size=MODEL_SIZE, backbone="small_cnn")
     return make

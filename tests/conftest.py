@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-os.environ.setdefault("CXR_OFFLINE", "1")  # never try the network (cxrcore.model.imagenet_weights_reachable)
+os.environ.setdefault("CXR_OFFLINE", "1")  # never try the network (cxrcore.train.model.imagenet_weights_reachable)
 # A teacher's classroom settings in the shell must not change what the tests see (they set their own).
 for _variable in ("CXR_CLASSROOM", "CXR_TEACHER_PASSCODE", "CXR_MAX_JOBS"):
     os.environ.pop(_variable, None)

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from cxrcore import model as M
-from cxrcore import trainconfig
+from cxrcore.train import model as M
+from cxrcore.train import trainconfig
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
@@ -274,7 +274,7 @@ def test_a_preset_of_another_vit_or_a_file_is_refused(offline_roots, tiny_vit, t
 # ---------------------------------------------------------------- training
 
 def test_one_epoch_of_a_tiny_vit_trains_with_first_n_frozen_and_saves_a_loadable_model(tiny_vit, tmp_path):
-    from cxrcore import jobs
+    from cxrcore.train import jobs
     from cxrcore.train.job import run_job
     from tests.test_training import make_shapes_dataset
 
@@ -295,7 +295,7 @@ def test_one_epoch_of_a_tiny_vit_trains_with_first_n_frozen_and_saves_a_loadable
 
 
 def test_the_model_list_shows_weights_files_as_backbones_and_hides_preset_folders(offline_roots, tiny_vit):
-    from cxrcore.registry import KIND_BACKBONE, discover_models
+    from cxrcore.train.registry import KIND_BACKBONE, discover_models
 
     _vit_preset(offline_roots / M.VIT_PRESET_DIR)
     keras_file = offline_roots / "imagenet" / M.IMAGENET_FILES["resnet50"].file

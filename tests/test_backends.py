@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.train import backend
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train.trainconfig import config_from_dict
 from tests.test_jobs import status_of, wait_for
 from tests.test_training import make_shapes_dataset
 
@@ -110,7 +110,7 @@ _LOSS = """
 import json, sys
 import numpy as np
 import keras
-from cxrcore.loss import weighted_loss, weighted_loss_from_logits
+from cxrcore.train.loss import weighted_loss, weighted_loss_from_logits
 rng = np.random.default_rng(0)
 y = (rng.random((16, 14)) < 0.3).astype("float32")
 z = rng.normal(0, 2, (16, 14)).astype("float32")
@@ -141,7 +141,7 @@ def _loss_on(name: str) -> dict:
 @pytest.mark.parametrize("name", ["jax", pytest.param("torch", marks=NEEDS_TORCH)])
 def test_the_weighted_loss_is_the_same_on_every_backend(name):
     """Under torch the loss once failed: numpy weights times a torch tensor (numpy's __mul__ went first)."""
-    from cxrcore.loss import weighted_loss_numpy
+    from cxrcore.train.loss import weighted_loss_numpy
 
     rng = np.random.default_rng(0)
     y = (rng.random((16, 14)) < 0.3).astype("float32")
@@ -219,7 +219,7 @@ def test_a_job_without_tensorflow_resumes_after_kill_and_cancel_and_tensorflow_s
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     # the model is an ordinary .keras file: TensorFlow (this process) scores the test images as the job did
-    from cxrcore.model import load_model
+    from cxrcore.train.model import load_model
 
     loaded = load_model(run_dir / "best.keras")
     assert loaded.info.metadata["backend"] == name
@@ -241,7 +241,7 @@ def test_a_new_process_refuses_to_switch_the_backend_of_a_running_keras():
 def test_probe_times_steps_on_the_chosen_backend(name, shapes, no_tensorflow, tmp_path):
     script = textwrap.dedent(f"""
         import json
-        from cxrcore.trainconfig import config_from_dict
+        from cxrcore.train.trainconfig import config_from_dict
         from cxrcore.train.probe import probe
         config = config_from_dict({{"preset": "demo", "dataset": {str(shapes)!r}, "input_size": 32, "batch_size": 8,
                                    "backend": {name!r}, "augmentation": False}})

@@ -12,7 +12,7 @@ import pytest
 from cxrcore import cam
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.labels import LABELS
-from cxrcore.model import LoadedModel, ModelInfo, build_model
+from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 from cxrcore.data.pipeline import Normalization
 
 

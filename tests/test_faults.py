@@ -31,9 +31,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import ROOT, StreamlitServer, headless_chromium, open_app_page
 
 TRAINING_PAGE = "pages/training.py"
@@ -102,7 +102,7 @@ def open_page(monkeypatch, data_root: Path, runs: Path, page: str = TRAINING_PAG
     """Home, then `page`, through AppTest, with this test's runs folder and no other models."""
     # the suggested preset uses ImageNet weights: count them as downloadable, so the settings form shows
     # no error of its own (tests never use the network)
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     return open_app_page(monkeypatch, page, state=state, data=data_root, runs=runs, models=runs.parent / "models",
                          cache=runs.parent / "cache")
 
@@ -146,7 +146,7 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
                                                                             tmp_path, timings):
     import keras
 
-    from cxrcore.model import load_model
+    from cxrcore.train.model import load_model
     from cxrcore.train import loop
     from cxrcore.train.job import run_job
 
@@ -244,7 +244,7 @@ def test_app_restart_keeps_the_job_then_sigkill_shows_interrupted_and_resume_red
     """One real job for faults 3 and 1: started from the page of a real `streamlit run`, it outlives that
     server; a second server's page finds it running; kill -9 mid-epoch shows as interrupted, and the
     page's Resume continues after the last checkpoint."""
-    from cxrcore.model import load_model
+    from cxrcore.train.model import load_model
     from dashboard.training_view import POLL_S
 
     runs = tmp_path / "runs"
@@ -381,8 +381,8 @@ LIST_AS_ANOTHER_USER = """
 import json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from cxrcore import jobs
-from cxrcore.registry import discover_models
+from cxrcore.train import jobs
+from cxrcore.train.registry import discover_models
 from dashboard.results_view import find_prediction_files
 import encodings.utf_8_sig
 if os.geteuid() == 0:  # root reads everything: become 'nobody' (after the imports: Python lives under /root)

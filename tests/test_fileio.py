@@ -97,7 +97,7 @@ def test_a_line_longer_than_the_limit_is_refused_before_pandas_reads_it():
 def test_model_zip_members_are_checked_against_the_central_directory(tmp_path):
     import zipfile
 
-    from cxrcore.model import _check_inflated_size
+    from cxrcore.train.model import _check_inflated_size
 
     path = tmp_path / "m.keras"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -129,7 +129,7 @@ def test_deep_json_is_a_domain_error_not_a_recursion_error(text, tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="nests 100000 levels deep"):
         fileio.read_json_file(path, error=ConfigError, what="status.json")
-    from cxrcore import jobs
+    from cxrcore.train import jobs
 
     with pytest.raises(ConfigError, match="status.json nests 100000 levels deep"):
         jobs.read_json(path)
@@ -138,7 +138,7 @@ def test_deep_json_is_a_domain_error_not_a_recursion_error(text, tmp_path):
 
 
 def test_a_deep_sidecar_costs_only_its_own_model(tmp_path):
-    from cxrcore.registry import KIND_BROKEN, KIND_MODEL, discover_models
+    from cxrcore.train.registry import KIND_BROKEN, KIND_MODEL, discover_models
 
     models = tmp_path / "models"
     models.mkdir()
@@ -152,7 +152,7 @@ def test_a_deep_sidecar_costs_only_its_own_model(tmp_path):
 
 
 def test_a_deep_toml_config_is_a_config_error(tmp_path):
-    from cxrcore.trainconfig import read_config_file
+    from cxrcore.train.trainconfig import read_config_file
 
     path = tmp_path / "train.toml"
     path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
@@ -187,7 +187,7 @@ def _within(seconds: float, work) -> None:
 def test_pipes_and_devices_are_refused_at_once_by_every_reader(kind, tmp_path):
     from cxrcore.data.dataset import load_split
     from cxrcore.data.images import quick_check, read_image
-    from cxrcore.model import load_model, read_model_info
+    from cxrcore.train.model import load_model, read_model_info
     from cxrcore.data.predictions import read_predictions
 
     def special(name: str) -> Path:
@@ -298,7 +298,7 @@ def test_written_files_follow_the_umask(umask, tmp_path):
 
 
 def test_a_saved_model_follows_the_umask(tmp_path):
-    from cxrcore.model import ModelInfo, build_model, save_model
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
 
     old = os.umask(0o022)

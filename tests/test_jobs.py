@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import make_course_dataset, sleeper_holding
 
 
@@ -250,7 +250,7 @@ def test_kill_minus_9_mid_epoch_then_resume_continues_at_the_right_epoch(dataset
     pd.testing.assert_frame_equal(after.iloc[:done_before], before.iloc[:done_before])  # kept as they were
     log = (run_dir / "train.log").read_text()
     assert f"continuing at epoch {done_before + 1}" in log and log.count("=== ") == 2
-    from cxrcore.model import load_model
+    from cxrcore.train.model import load_model
 
     assert load_model(run_dir / "best.keras").info.metadata["train_split"] == config.train_split
 

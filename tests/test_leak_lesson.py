@@ -37,7 +37,7 @@ def demo_root(tmp_path_factory):
 def test_results_page_shows_both_splits_and_the_lesson_for_the_demo(demo_root, tmp_path, monkeypatch):
     """A tiny untrained model: the numbers on screen and the words beside them agree, whatever they are."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.model import ModelInfo, build_model, save_model
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
 
     models = tmp_path / "models"

@@ -172,7 +172,7 @@ def trained(tmp_path_factory):
     from cxrcore.data.dataset import load_split
     from cxrcore.demo import DemoConfig, generate_demo_dataset
     from cxrcore.data.images import read_image
-    from cxrcore.model import LoadedModel, ModelInfo, build_model, logits_model, save_model
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model, save_model
     from cxrcore.data.pipeline import Normalization
 
     root = tmp_path_factory.mktemp("cam-demo")

@@ -1,4 +1,4 @@
-"""cxrcore.loss: the course's weighted loss, its from-logits twin and the class weights."""
+"""cxrcore.train.loss: the course's weighted loss, its from-logits twin and the class weights."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxrcore import loss
+from cxrcore.train import loss
 from cxrcore.errors import ConfigError, DatasetError
 
 # The course's test case
@@ -80,7 +80,7 @@ def test_class_weights_balance_positive_and_negative_contributions():
 
 
 def test_keras_loss_serializes_and_trains_a_small_model():
-    from cxrcore import model as M
+    from cxrcore.train import model as M
 
     wp, wn = W_P, W_N
     original = loss.make_weighted_loss(wp, wn, from_logits=True)

@@ -1,4 +1,4 @@
-"""cxrcore.model: architecture, info, saving/loading, and the course's Keras 2 files loaded topologically."""
+"""cxrcore.train.model: architecture, info, saving/loading, and the course's Keras 2 files loaded topologically."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxrcore import model as M
+from cxrcore.train import model as M
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS
 from cxrcore.data.pipeline import Normalization

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrcore import preflight
-from cxrcore.trainconfig import Hardware, auto_preset, config_from_dict
+from cxrcore.train import preflight
+from cxrcore.train.trainconfig import Hardware, auto_preset, config_from_dict
 from tests.app_support import make_course_dataset, open_app_page
 
 PAGE = "pages/training.py"
@@ -133,7 +133,7 @@ def test_the_form_warns_of_shared_patients_and_offers_to_skip_missing_images(off
                "(valid_leaky)" in w for w in texts(at.warning))
     assert not at.button(key="train_start").disabled  # a warning, not a refusal
     # the setting reaches the run's config.json
-    from cxrcore import jobs
+    from cxrcore.train import jobs
 
     monkeypatch.setattr(jobs, "_launch", lambda run_dir, **kwargs: 4242)
     at.button(key="train_start").click().run()

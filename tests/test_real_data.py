@@ -241,7 +241,7 @@ def test_data_kind_of_folders_and_specs(tmp_path):
 
 def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
     from cxrcore.data.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
-    from cxrcore.model import ModelInfo
+    from cxrcore.train.model import ModelInfo
 
     info = ModelInfo(dataset="demo", data_kind=DATA_SYNTHETIC)
     again = ModelInfo.from_json(info.to_json())
@@ -256,7 +256,7 @@ def test_model_info_carries_the_training_data_and_old_files_read_as_unknown():
 
 def test_the_course_model_is_known_to_be_trained_on_real_x_rays():
     from cxrcore.data.catalog import DATA_REAL, DATA_SYNTHETIC, kind_mismatch
-    from cxrcore.model import course_model_info
+    from cxrcore.train.model import course_model_info
 
     info = course_model_info()
     assert info.data_kind == DATA_REAL

@@ -42,7 +42,7 @@ def partial_root(tmp_path_factory) -> Path:
 def demo_model(tmp_path_factory) -> Path:
     """A tiny model whose info says it was trained on the synthetic demo set."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.model import ModelInfo, build_model, save_model
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
 
     models = tmp_path_factory.mktemp("models")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cxrcore import jobs
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train import jobs
+from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import open_app_page, sleeper_holding
 
 PAGE = "pages/training.py"
@@ -41,7 +41,7 @@ def _running(run_dir: Path, sleepers: list):
 def test_start_switches_the_panel_to_the_new_run(app_data_root, monkeypatch, tmp_path):
     runs = tmp_path / "runs"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *a, **k: True)
     _finished(runs, _config(app_data_root), "20260101-000000-old-aaaa", 1.0)
     sleepers: list = []
     monkeypatch.setattr(jobs, "_launch", lambda run_dir, **kwargs: _running(run_dir, sleepers))

@@ -14,7 +14,7 @@ from cxrcore import cam, saliency
 from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS
 from cxrcore.localization import faithfulness_curves, map_agreement, score_map
-from cxrcore.model import LoadedModel, ModelInfo, build_model
+from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 from cxrcore.data.pipeline import Normalization
 from cxrcore.saliency import SaliencyOptions
 
@@ -263,7 +263,7 @@ def test_a_keras_hub_vit_has_every_gradient_method_and_completeness(images):
     """The project's ViT backbone (tiny): no CAM, and the gradients through attention work for several classes
     at once (GradientTape.batch_jacobian's vectorization crashed TensorFlow on this graph)."""
     pytest.importorskip("keras_hub")
-    from cxrcore.model import ViTConfig
+    from cxrcore.train.model import ViTConfig
 
     model = build_model(input_size=32, backbone="vit_b16",
                         vit_config=ViTConfig(patch_size=8, num_layers=1, hidden_dim=16, num_heads=2, mlp_dim=32))
@@ -357,7 +357,7 @@ def test_agreement_of_gradcam_and_smoothgrad_on_a_conv_model_is_in_range(small, 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from cxrcore.model import save_model
+    from cxrcore.train.model import save_model
 
     root = tmp_path_factory.mktemp("saliency-cli")
     model = build_model(input_size=32, backbone="small_cnn")
@@ -410,7 +410,7 @@ def test_cam_cli_refuses_cam_on_a_model_without_the_pooled_head(tmp_path, capsys
     import keras
 
     from cxrcore.cli import main
-    from cxrcore.model import save_model
+    from cxrcore.train.model import save_model
 
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     logits = keras.layers.Dense(14, name="logits")(keras.layers.Flatten()(inputs))

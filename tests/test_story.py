@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from cxrcore.trainconfig import PRESETS
+from cxrcore.train.trainconfig import PRESETS
 
 from tests.app_support import StreamlitServer, headless_chromium
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.data import access
 from cxrcore.errors import ConfigError
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import ROOT, open_app_page, sleeper_holding
 
 PASSCODE = "correct-horse-battery"
@@ -164,7 +164,7 @@ def test_the_limit_holds_under_simultaneous_starts_from_two_sessions(tmp_path, f
 RACER = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
 
 class FakeConfig:
@@ -289,7 +289,7 @@ def test_the_passcode_never_reaches_a_job(tmp_path, fake_python, monkeypatch):
 
 def open_training(monkeypatch, data_root: Path, runs: Path, **env: str):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     for name in ("CXR_CLASSROOM", "CXR_TEACHER_PASSCODE", "CXR_MAX_JOBS"):
         monkeypatch.delenv(name, raising=False)
     for key, value in env.items():
@@ -422,7 +422,7 @@ def test_the_passcode_can_come_from_secrets_toml(app_data_root, monkeypatch, tmp
     monkeypatch.setenv("CXR_CLASSROOM", "1")
     monkeypatch.setenv("CXR_DATA_ROOT", str(app_data_root))
     monkeypatch.setenv("CXR_RUNS_ROOT", str(tmp_path / "runs"))
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=180)
     at.secrets["CXR_TEACHER_PASSCODE"] = PASSCODE
     try:

@@ -23,7 +23,7 @@ import pytest
 from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS
 from cxrcore.data.pipeline import Augmentation
-from cxrcore.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
+from cxrcore.train.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
                                  load_config, preset_changes, with_changes)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_toml_and_json_files_resolve_relative_paths_and_name_syntax_errors(tmp_p
 @pytest.fixture
 def no_weights_here(monkeypatch, tmp_path) -> Path:
     """An empty Keras cache and models root, offline; returns the models root."""
-    from cxrcore import model
+    from cxrcore.train import model
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(model, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
@@ -169,7 +169,7 @@ def no_weights_here(monkeypatch, tmp_path) -> Path:
 @pytest.fixture
 def weights_online(no_weights_here, monkeypatch) -> None:
     """As a machine with internet: the ImageNet weights can be downloaded."""
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
 
 
 def test_presets_apply_first_and_settings_override_them(shapes, weights_online):
@@ -236,7 +236,7 @@ def test_course_backbone_in_the_models_root_stands_in_for_imagenet_offline(shape
 
 
 def test_cached_keras_weights_come_first_and_are_checked(shapes, no_weights_here, tmp_path, monkeypatch):
-    from cxrcore import model
+    from cxrcore.train import model
 
     _course_backbone_stand_in(no_weights_here)
     spec = model.IMAGENET_FILES["densenet121"]
@@ -254,7 +254,7 @@ def test_online_without_a_cache_keeps_the_download(shapes, no_weights_here, monk
     import urllib.error
     import urllib.request
 
-    from cxrcore import model
+    from cxrcore.train import model
     from tests.app_support import answer_every_url
 
     asked = answer_every_url(monkeypatch)
@@ -312,7 +312,7 @@ def test_split_names_of_the_dataset_are_accepted(shapes):
 
 
 def test_backbones_match_the_model_module():
-    from cxrcore import model, trainconfig
+    from cxrcore.train import model, trainconfig
 
     assert trainconfig.BACKBONES == model.BACKBONES
 
@@ -370,7 +370,7 @@ def test_mixed_precision_keeps_the_head_in_float32(shapes):
 
 
 def test_validation_metrics_match_the_course_loss_and_auroc():
-    from cxrcore.loss import weighted_loss_numpy
+    from cxrcore.train.loss import weighted_loss_numpy
     from cxrcore.evaluate.metrics import auroc
     from cxrcore.train.validation import validation_metrics
 
@@ -394,8 +394,8 @@ def test_validation_metrics_match_the_course_loss_and_auroc():
 
 
 def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shapes, tmp_path):
-    from cxrcore import jobs
-    from cxrcore.model import load_model
+    from cxrcore.train import jobs
+    from cxrcore.train.model import load_model
     from cxrcore.train.job import run_job
 
     config = tiny(shapes, labels=["Mass"], epochs=6, learning_rate=0.003, early_stopping_patience=0,
@@ -468,8 +468,8 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from cxrcore import jobs
-from cxrcore.trainconfig import load_config
+from cxrcore.train import jobs
+from cxrcore.train.trainconfig import load_config
 from cxrcore.train.job import run_job
 import cxrcore.train.devices as devices
 config = load_config(sys.argv[1])
@@ -513,7 +513,7 @@ def _free_ports(n: int) -> list[int]:
 # SLOW (~40 s on 2 cores): two TensorFlow worker processes on loopback. Set CXR_SKIP_SLOW_TESTS=1 to skip.
 @pytest.mark.skipif(os.environ.get("CXR_SKIP_SLOW_TESTS") == "1", reason="slow multi-worker test skipped on request")
 def test_multi_worker_mirrored_strategy_with_two_local_cpu_workers(shapes, tmp_path):
-    from cxrcore import jobs
+    from cxrcore.train import jobs
 
     config = tiny(shapes, epochs=2, batch_size=8, max_train_images=64, distribution="multi_worker")
     run_dir = jobs.create_run(tmp_path / "runs", config)

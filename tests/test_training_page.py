@@ -11,8 +11,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from cxrcore import jobs
-from cxrcore.trainconfig import config_from_dict
+from cxrcore.train import jobs
+from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import open_app_page, sleeper_holding
 
 PAGE = "pages/training.py"
@@ -23,7 +23,7 @@ TINY = {"input_size": 32, "batch_size": 16, "epochs": 1, "augmentation": False, 
 def open_training(monkeypatch, data_root: Path, runs: Path, **env: str) -> AppTest:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     # the suggested preset uses ImageNet weights: count them as downloadable (tests never use the network)
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: True)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return open_app_page(monkeypatch, PAGE, data=data_root, runs=runs)
@@ -167,7 +167,7 @@ def test_backbones_first_n_freezing_and_where_the_weights_come_from(app_data_roo
     assert not at.exception and not at.error, texts(at.error)
     assert not at.button(key="train_start").disabled
     # ViT-B/16 offline: refused before Start, naming where its preset folder goes
-    monkeypatch.setattr("cxrcore.model.imagenet_weights_reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr("cxrcore.train.model.imagenet_weights_reachable", lambda *args, **kwargs: False)
     at.selectbox(key=k + "backbone").set_value("vit_b16").run()
     errors = texts(at.error)
     assert any("ViT-B/16" in e and str(tmp_path / "models" / "keras-hub") in e for e in errors), errors

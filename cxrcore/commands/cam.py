@@ -106,8 +106,8 @@ def _saliency_options(args: argparse.Namespace):
 
 def _load(args: argparse.Namespace):
     from cxrcore.errors import ConfigError
-    from cxrcore.model import load_model
-    from cxrcore.registry import describe_model
+    from cxrcore.train.model import load_model
+    from cxrcore.train.registry import describe_model
 
     entry = describe_model(Path(args.model), Path(args.model).stem)
     with quiet_native_stderr():  # TensorFlow's start-up log lines
@@ -118,7 +118,7 @@ def _load(args: argparse.Namespace):
                               fix="pass --normalize-from TRAIN_FILE --images DIR (the course fits it on 100 "
                                   "training images).")
         from cxrcore.commands.audit import load_named_splits
-        from cxrcore.inference import fit_normalization
+        from cxrcore.train.inference import fit_normalization
 
         train = load_named_splits([f"train={args.normalize_from}"])[0]
         with quiet_native_stderr():

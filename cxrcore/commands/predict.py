@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, refuse_overwriting_inputs,
                                 writing)
-    from cxrcore.inference import cached_predictions, fit_normalization
-    from cxrcore.registry import describe_model
+    from cxrcore.train.inference import cached_predictions, fit_normalization
+    from cxrcore.train.registry import describe_model
 
     specs = [f"split={args.split}"] + ([f"train={args.normalize_from}"] if args.normalize_from else [])
     inputs = input_files(specs=specs, models=[args.model])
@@ -179,7 +179,7 @@ def _load(path: str, info):
     with quiet_native_stderr():
         import keras
 
-        from cxrcore.model import load_model
+        from cxrcore.train.model import load_model
 
         if keras.backend.backend() != "tensorflow":
             return load_model(path, info)

@@ -12,7 +12,7 @@ At most CXR_MAX_JOBS training jobs (default 1) run on this machine at once, coun
 Training page started; a further start is refused (exit 2). A teacher at the terminal can go past the
 limit with --ignore-job-limit.
 
-FILE is TOML or JSON (keys: see cxrcore/trainconfig.py, TrainConfig). A run folder holds config.json,
+FILE is TOML or JSON (keys: see cxrcore/train/trainconfig.py, TrainConfig). A run folder holds config.json,
 run.json (data fingerprints, labels, class weights), status.json (heartbeat), metrics.csv, train.log
 (the job's own lines), raw.log (when launched by the page: everything the process printed, TensorFlow's
 notices included), checkpoints/, best.keras (+ best.json) and tensorboard/.
@@ -59,7 +59,7 @@ def runs_root(args: argparse.Namespace) -> Path:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from cxrcore.trainconfig import parse_override
+    from cxrcore.train.trainconfig import parse_override
 
     values = dict(parse_override(text) for text in args.overrides)
     if args.preset:
@@ -70,7 +70,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from cxrcore.jobs import list_runs
+    from cxrcore.train.jobs import list_runs
 
     runs = list_runs(runs_root(args))
     rows = [r.row() for r in runs]
@@ -86,13 +86,13 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-LOCK_FD_ENV = "CXR_TRAIN_LOCK_FD"  # == cxrcore.jobs.LOCK_FD_ENV (not imported at module top: keep --help light)
+LOCK_FD_ENV = "CXR_TRAIN_LOCK_FD"  # == cxrcore.train.jobs.LOCK_FD_ENV (not imported at module top: keep --help light)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from cxrcore.errors import ConfigError
-    from cxrcore.jobs import CONFIG_FILE, already_running, atomic_write_text, lock_held
-    from cxrcore.trainconfig import RESUMABLE_KEYS, load_config, with_changes
+    from cxrcore.train.jobs import CONFIG_FILE, already_running, atomic_write_text, lock_held
+    from cxrcore.train.trainconfig import RESUMABLE_KEYS, load_config, with_changes
 
     run_dir = Path(args.resume)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -121,13 +121,13 @@ def _resume(args: argparse.Namespace) -> int:
 def _failure_recorded(run_dir: Path):
     """A launched job (it owns the folder's lock) that fails before training records the error in status.json."""
     from cxrcore.errors import CxrError
-    from cxrcore.jobs import StatusWriter
+    from cxrcore.train.jobs import StatusWriter
 
     try:
         yield
     except CxrError as err:
         if os.environ.get(LOCK_FD_ENV):
-            from cxrcore.jobs import job_logger
+            from cxrcore.train.jobs import job_logger
 
             StatusWriter(run_dir).update(force=True, state="failed", error=str(err), pid=os.getpid())
             job_logger(run_dir, echo=False)(f"failed: {err}")
@@ -138,7 +138,7 @@ def _claim_job_slot(run_dir: Path, *, created: bool) -> None:
     """Count this job against CXR_MAX_JOBS and take its train.lock in the same step (jobs.job_slot); the
     locked descriptor goes to run_job the way a launcher hands it over. A refused new folder is removed."""
     from cxrcore.errors import ConfigError
-    from cxrcore.jobs import job_slot, take_run_lock, tf_config_role
+    from cxrcore.train.jobs import job_slot, take_run_lock, tf_config_role
 
     if os.environ.get(LOCK_FD_ENV) or not tf_config_role()[1]:
         return  # launched by the Training page (counted there), or a multi-worker helper (the chief counts)
@@ -162,7 +162,7 @@ def _check_backend(config) -> None:
 
 def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.jobs import job_logger, tf_config_role
+    from cxrcore.train.jobs import job_logger, tf_config_role
     from cxrcore.train.job import run_job
 
     # the chief writes the run's own lines into train.log; other workers of a multi-worker run only print theirs
@@ -173,16 +173,16 @@ def _train(run_dir: Path, config, *, resume: bool) -> int:
 
 
 def _file_preset(config_path: Path | None) -> str | None:
-    from cxrcore.trainconfig import read_config_file
+    from cxrcore.train.trainconfig import read_config_file
 
     return read_config_file(config_path).get("preset") if config_path is not None else None
 
 
 def _preflight(config) -> None:
-    """The checks the Training page shows before Start (cxrcore.preflight): warnings on stderr, and a run that
+    """The checks the Training page shows before Start (cxrcore.train.preflight): warnings on stderr, and a run that
     would fail (image files missing) refused before it starts, with the setting that trains on the rest."""
     from cxrcore.errors import ConfigError
-    from cxrcore.preflight import check_run
+    from cxrcore.train.preflight import check_run
 
     checks = check_run(config)
     for finding in checks.findings:
@@ -196,7 +196,7 @@ def _preflight(config) -> None:
 
 def _prepared_folder(config_path: Path) -> Path | None:
     """A config.json inside a run folder made by create_run / the Training page trains in that folder."""
-    from cxrcore.jobs import STATUS_FILE
+    from cxrcore.train.jobs import STATUS_FILE
 
     if config_path.name == "config.json" and (config_path.parent / STATUS_FILE).is_file():
         return config_path.parent
@@ -216,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.config and not args.preset:
         raise ConfigError("nothing to train: give --config FILE, or --preset NAME with --dataset DIR.",
                           fix="e.g. python -m cxrcore train --preset demo --dataset data/demo")
-    from cxrcore.jobs import STATUS_FILE, create_run, read_json, tf_config_role
-    from cxrcore.trainconfig import load_config
+    from cxrcore.train.jobs import STATUS_FILE, create_run, read_json, tf_config_role
+    from cxrcore.train.trainconfig import load_config
 
     config_path = Path(args.config) if args.config else None
     prepared = _prepared_folder(config_path) if config_path else None
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, _overrides(args))
         _check_backend(config)
         if _overrides(args).get("preset", "") == "auto" or (not args.preset and _file_preset(config_path) == "auto"):
-            from cxrcore.trainconfig import auto_preset
+            from cxrcore.train.trainconfig import auto_preset
 
             print(f"preset auto: {auto_preset()[1]}", file=sys.stderr)
         _preflight(config)
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         if not _prepared_folder(run_dir / "config.json"):
             raise ConfigError("the run folder has no config.json.", file=str(run_dir))
         if config_path is None or config_path.resolve() != (run_dir / "config.json").resolve():
-            from cxrcore.jobs import atomic_write_text
+            from cxrcore.train.jobs import atomic_write_text
 
             atomic_write_text(run_dir / "config.json", config.to_json())
     elif run_dir is not None:

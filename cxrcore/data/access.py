@@ -5,7 +5,7 @@ nothing is asked. A server reachable from the network (any other address, an emp
 interface, a host name, or CXR_CLASSROOM=1 for workers behind a reverse proxy) lets students look but
 only the teacher, with the passcode set when starting the server, start or cancel jobs. No Streamlit
 here: the glue is dashboard/teacher.py. The passcode is never logged, put in an error message or
-handed to training processes (cxrcore.jobs removes it from their environment).
+handed to training processes (cxrcore.train.jobs removes it from their environment).
 """
 from __future__ import annotations
 

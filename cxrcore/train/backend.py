@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrcore.errors import ConfigError
-from cxrcore.trainconfig import BACKENDS
+from cxrcore.train.trainconfig import BACKENDS
 
 #: What to install for each backend, said in the error when it is missing.
 INSTALL = {"tensorflow": "pip install tensorflow (CPU and CUDA in one package)",
@@ -82,7 +82,7 @@ def choose_backend(setting: str, *, has_gpu: bool | None = None) -> BackendChoic
             raise ConfigError(f"setting 'backend': {problem}", fix=f"{INSTALL[setting]}; or set backend = \"auto\".")
         return BackendChoice(setting, setting, f"backend = {setting} in the settings.")
     if has_gpu is None:
-        from cxrcore.trainconfig import detect_hardware
+        from cxrcore.train.trainconfig import detect_hardware
 
         has_gpu = detect_hardware().has_gpu
     if has_gpu:

@@ -14,7 +14,7 @@ import numpy as np
 
 from cxrcore.errors import DatasetError
 from cxrcore.train.rundir import Log, print_log
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -89,7 +89,7 @@ def _fit_normalization(config: TrainConfig, frame: "pd.DataFrame") -> "Normaliza
 
 def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization: bool = True) -> TrainingData:
     """Load the splits, take the CPU-preset subsets, compute class weights and (dataset mode) mean/std."""
-    from cxrcore.loss import class_weights
+    from cxrcore.train.loss import class_weights
     from cxrcore.data.pipeline import Normalization, label_matrix
 
     train = load_spec(config.train_split, "train")
@@ -97,8 +97,8 @@ def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization
     test = load_spec(config.test_split, "test") if config.test_split and config.predict_test else None
     notes: list[str] = []
     skipped: dict[str, int] = {}
-    if config.skip_missing_images:  # the user chose to train on the images present (see cxrcore.preflight)
-        from cxrcore.preflight import drop_missing
+    if config.skip_missing_images:  # the user chose to train on the images present (see cxrcore.train.preflight)
+        from cxrcore.train.preflight import drop_missing
 
         train, skipped["train"] = drop_missing(train, config.image_root)
         valid, skipped["valid"] = drop_missing(valid, config.image_root)

@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
 from cxrcore.train.backend import BackendChoice, activate, choose_backend, enable_compilation_cache
 from cxrcore.train.inputs import cache_root
 from cxrcore.train.rundir import Log, print_log
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf

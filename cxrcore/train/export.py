@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.train.data import TrainingData
 from cxrcore.train.rundir import Log, print_log
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 
 def export_model(model: Any, config: TrainConfig, labels: tuple[str, ...], mixed: bool) -> Any:
@@ -24,7 +24,7 @@ def export_model(model: Any, config: TrainConfig, labels: tuple[str, ...], mixed
         return model
     import keras
 
-    from cxrcore.model import build_model
+    from cxrcore.train.model import build_model
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
@@ -69,7 +69,7 @@ def kept_checkpoint(state: dict[str, Any]) -> str:
 def model_info(config: TrainConfig, data: TrainingData, run_dir: Path, epoch: int, val: dict[str, Any], *,
                backend: str = "tensorflow") -> Any:
     from cxrcore.data.catalog import spec_dataset
-    from cxrcore.model import ModelInfo
+    from cxrcore.train.model import ModelInfo
 
     meta = {"run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "epoch": epoch,
             "val_auroc": val["val_auroc"], "val_loss": val["val_loss"],
@@ -92,7 +92,7 @@ def write_test_predictions(run_dir: Path, config: TrainConfig, data: TrainingDat
     The Results page lists runs/<run>/predictions/*.csv and checks leakage against the sidecar's train_split.
     Images come through tf.data on TensorFlow, through the decoded-image cache on other backends.
     """
-    from cxrcore.model import load_model
+    from cxrcore.train.model import load_model
     from cxrcore.data.predictions import write_predictions
     from cxrcore.train.inputs import image_batches
 

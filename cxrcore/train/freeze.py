@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from cxrcore.errors import CxrError, ModelError
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 
 def _blocks(backbone: str, model: Any = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Per block, first to last: (layer-name prefixes, exact layer names) of the backbone's layers (see
-    cxrcore.model.backbone_layers). A DenseNet block includes the transition layers before it, and the
+    cxrcore.train.model.backbone_layers). A DenseNet block includes the transition layers before it, and the
     last one the final "bn"/"relu"; ResNet50's are its stages conv2..conv5, EfficientNetV2-S's its stages
     block1..block6 (the last with the top conv), the ViT's its transformer layers (the last with the final
     norm; counted on `model`, so a smaller test ViT has fewer)."""
@@ -22,7 +22,7 @@ def _blocks(backbone: str, model: Any = None) -> list[tuple[tuple[str, ...], tup
     if backbone == "efficientnetv2_s":
         return [((f"block{i}",), ("top_conv", "top_bn", "top_activation") if i == 6 else ()) for i in range(1, 7)]
     if backbone == "vit_b16":
-        from cxrcore.model import VIT_CONFIGS, VIT_LAYER
+        from cxrcore.train.model import VIT_CONFIGS, VIT_LAYER
 
         n = (model.get_layer(VIT_LAYER).num_layers if model is not None
              else VIT_CONFIGS["vit_b16"].num_layers)
@@ -34,11 +34,11 @@ def apply_freeze(model: Any, freeze: str, backbone: str) -> int:
     """Set trainable for "head" / "last:N" / "first:N" / "none"; returns the number of trainable weight tensors.
 
     "head" freezes every backbone layer, "last:N" all but the last N blocks, "first:N" the first N
-    backbone layers in order (cxrcore.model.backbone_layers, input layer included, as the course's
+    backbone layers in order (cxrcore.train.model.backbone_layers, input layer included, as the course's
     references froze `base_model.layers[:50]`). The head is always trained. Frozen BatchNormalization
     layers run in inference mode (Keras 3), as fine-tuning needs.
     """
-    from cxrcore.model import backbone_layers
+    from cxrcore.train.model import backbone_layers
 
     _set_trainable(model, True)  # every layer and nested layer first; then the frozen ones
     if freeze == "none":
@@ -78,7 +78,7 @@ def _set_trainable(layer: Any, value: bool) -> None:
 
 def build_models(config: TrainConfig, labels: tuple[str, ...], *, pretrained: bool = True):
     """(model with sigmoid outputs, logits model sharing its weights); call inside strategy.scope()."""
-    from cxrcore.model import build_model, logits_model
+    from cxrcore.train.model import build_model, logits_model
 
     weights: str | None = None
     if pretrained and config.initial_weights != "none":

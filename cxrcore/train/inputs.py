@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from cxrcore.errors import ConfigError
 from cxrcore.train.data import TrainingData
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -12,11 +12,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError, CxrError
 from cxrcore.train.loop import TrainResult, train
 from cxrcore.train.rundir import Log, print_log
-from cxrcore.trainconfig import TrainConfig
+from cxrcore.train.trainconfig import TrainConfig
 
 
 class StopFlag:

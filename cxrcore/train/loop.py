@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.train.callbacks import resumable_callbacks
 from cxrcore.train.data import TrainingData, prepare_data
@@ -33,7 +33,7 @@ from cxrcore.train.inputs import Feed, make_feed
 from cxrcore.train.rundir import Log, ScalarLog, check_fingerprints, metrics_columns, print_log, write_run_json
 from cxrcore.train.steps import Steps, make_steps, predict_logits
 from cxrcore.train.validation import validation_metrics
-from cxrcore.trainconfig import PRESET_NOTES, TrainConfig, preset_changes
+from cxrcore.train.trainconfig import PRESET_NOTES, TrainConfig, preset_changes
 
 #: Seconds to sleep after every training step: lets tests (and demos of cancel/resume) catch a run mid-epoch.
 STEP_DELAY_ENV = "CXR_TRAIN_STEP_DELAY_S"
@@ -251,7 +251,7 @@ def _train_epoch(steps: Steps, feed: Feed, epoch: int, clock: EpochClock, status
 
 def _save_best(model: Any, config: TrainConfig, data: TrainingData, runtime: Runtime, run_dir: Path, epoch: int,
                val: dict[str, Any], previous_best_epoch: int | None) -> None:
-    from cxrcore.model import save_model
+    from cxrcore.train.model import save_model
 
     kept = (f"The best model so far (epoch {previous_best_epoch}) is kept unchanged in {jobs.BEST_MODEL}."
             if previous_best_epoch else f"No {jobs.BEST_MODEL} was written yet.")

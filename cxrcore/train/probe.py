@@ -16,7 +16,7 @@ from cxrcore.train.freeze import build_models
 from cxrcore.train.inputs import cached_feed
 from cxrcore.train.rundir import Log
 from cxrcore.train.steps import make_steps
-from cxrcore.trainconfig import TrainConfig, detect_hardware
+from cxrcore.train.trainconfig import TrainConfig, detect_hardware
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

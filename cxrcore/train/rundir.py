@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cxrcore import jobs
+from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
-from cxrcore.trainconfig import PRESET_NOTES, TrainConfig
+from cxrcore.train.trainconfig import PRESET_NOTES, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.train.data import TrainingData

@@ -41,7 +41,7 @@ def make_steps(backend: str, train_model: Any, optimizer: Any, w_pos: np.ndarray
 def _mean_loss(y: Any, logits: Any, w_pos: np.ndarray, w_neg: np.ndarray) -> Any:
     from keras import ops
 
-    from cxrcore.loss import per_sample_loss_from_logits
+    from cxrcore.train.loss import per_sample_loss_from_logits
 
     return ops.mean(per_sample_loss_from_logits(y, logits, w_pos, w_neg))
 
@@ -57,7 +57,7 @@ def make_train_step(train_model: Any, optimizer: Any, strategy: Any, w_pos: np.n
     """
     import tensorflow as tf
 
-    from cxrcore.loss import per_sample_loss_from_logits
+    from cxrcore.train.loss import per_sample_loss_from_logits
 
     wp, wn = np.asarray(w_pos, np.float32), np.asarray(w_neg, np.float32)
 

@@ -18,7 +18,7 @@ from cxrcore.data.pipeline import missing_images, present_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.data.dataset import Split
-    from cxrcore.trainconfig import TrainConfig
+    from cxrcore.train.trainconfig import TrainConfig
 
 #: The words for each split role in sentences.
 ROLE_WORDS = {"train": "training", "valid": "validation", "test": "test"}

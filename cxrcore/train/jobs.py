@@ -508,7 +508,7 @@ def _launch(run_dir: Path, *, resume: bool = False, cwd: str | os.PathLike | Non
     """launch() without the job count; the child's environment never holds the teacher passcode."""
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError("this folder is not a run folder (no config.json).", file=str(run_dir),
-                          fix="create it with cxrcore.jobs.create_run or the Training page.")
+                          fix="create it with cxrcore.train.jobs.create_run or the Training page.")
     before = summarize_run(run_dir).state
     fd = take_run_lock(run_dir)
     try:

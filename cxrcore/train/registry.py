@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrcore.errors import CxrError
-from cxrcore.model import IMAGENET_FILES, ModelInfo, course_model_info, read_model_info, vit_preset_problem
+from cxrcore.train.model import IMAGENET_FILES, ModelInfo, course_model_info, read_model_info, vit_preset_problem
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 #: Course files: a full model, and DenseNet121 backbone weights (initial weights, not a model).

@@ -613,7 +613,7 @@ def logits_model(model: "keras.Model") -> "keras.Model":
     try:
         layer = model.get_layer(LOGITS_LAYER)
     except ValueError:
-        raise ModelError(f"the model has no '{LOGITS_LAYER}' layer (not built by cxrcore.model.build_model).",
+        raise ModelError(f"the model has no '{LOGITS_LAYER}' layer (not built by cxrcore.train.model.build_model).",
                          fix="train it with the probability loss (from_logits=False).") from None
     return keras.Model(model.input, layer.output, name=f"{model.name}_logits")
 
@@ -1034,7 +1034,7 @@ def _load_keras_zip(path: Path) -> Any:
     if foreign:
         raise ModelError(f"the model uses {foreign[0][1]} from {foreign[0][0]}; only keras-hub's ViTBackbone is "
                          "accepted from outside Keras.", file=str(path),
-                         fix="use a model built here (cxrcore.model.build_model) or standard Keras layers.")
+                         fix="use a model built here (cxrcore.train.model.build_model) or standard Keras layers.")
     if _keras_hub_classes(config):
         _keras_hub()  # registers ViTBackbone before Keras rebuilds it; ModelError when keras-hub is missing
     if path.suffix.lower() != ".keras":
@@ -1091,7 +1091,7 @@ def _load_h5(path: Path, info: ModelInfo | None) -> tuple[Any, ModelInfo | None]
     if len(last) != 2 or last[0].ndim != 2:
         raise ModelError("the file holds backbone weights only (no Dense classification head), like the "
                          "course's densenet.hdf5.", file=str(path),
-                         fix="build a model with cxrcore.model.build_model(weights=this_file) and train it.")
+                         fix="build a model with cxrcore.train.model.build_model(weights=this_file) and train it.")
     n_outputs = int(last[0].shape[1])
     if info is None and backbone == "densenet121" and n_outputs == len(COURSE_LABEL_ORDER) \
             and not keras_version.startswith("3"):

@@ -24,14 +24,14 @@ from cxrcore.data.dataset import parse_split_spec
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import MAX_JSON_BYTES, limit, parse_json, read_file_bytes
 from cxrcore.data.labels import LABELS, canonical_label
-from cxrcore.model import BACKBONE_LABELS, BACKBONES  # no Keras import: cxrcore.model imports Keras lazily
+from cxrcore.train.model import BACKBONE_LABELS, BACKBONES  # no Keras import: cxrcore.train.model imports Keras lazily
 from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
 
 #: Blocks that "last:N" can unfreeze: DenseNet121's dense blocks, ResNet50's stages conv2..conv5,
 #: EfficientNetV2-S's stages block1..block6, ViT-B/16's transformer layers, the small CNN's conv blocks.
 N_BLOCKS = {"densenet121": 4, "resnet50": 4, "efficientnetv2_s": 6, "vit_b16": 12, "small_cnn": 4}
 #: Layers of each backbone as built here, input layer first, head excluded: the N of "first:N" goes up to
-#: this (cxrcore.model.backbone_layers; a test builds each backbone and checks it). The ViT counts its
+#: this (cxrcore.train.model.backbone_layers; a test builds each backbone and checks it). The ViT counts its
 #: patch embedding, 12 transformer layers and final norm after the input and its input scaling.
 N_LAYERS = {"densenet121": 426, "resnet50": 176, "efficientnetv2_s": 513, "vit_b16": 16, "small_cnn": 16}
 MIN_INPUT_SIZE = {"densenet121": 32, "resnet50": 32, "efficientnetv2_s": 32, "vit_b16": 32, "small_cnn": 16}
@@ -151,7 +151,7 @@ def auto_preset(hardware: Hardware | None = None, models_root: str | os.PathLike
         preset, why = "cpu-classroom", "No GPU visible, so the CPU preset cpu-classroom was chosen."
     if models_root is None:
         models_root = os.environ.get(MODELS_ROOT_ENV) or Path.cwd() / "models"
-    from cxrcore.model import find_imagenet_weights
+    from cxrcore.train.model import find_imagenet_weights
 
     found = find_imagenet_weights(models_root, backbone=str(PRESETS[preset]["backbone"]))
     if found.source != "unavailable":
@@ -378,7 +378,7 @@ def resolve_imagenet_weights(models_root: str | os.PathLike, source: str | None 
     """"imagenet" when Keras (or keras-hub, for the ViT) has the backbone's weights cached or can download them
     now, else a local copy of the same weights (the course's densenet.hdf5, a ViT preset folder) under
     models_root, as a path; ConfigError naming every way out otherwise, before anything starts."""
-    from cxrcore.model import COURSE_BACKBONE, IMAGENET_FILES, VIT_PRESET, VIT_PRESET_DIR, find_imagenet_weights
+    from cxrcore.train.model import COURSE_BACKBONE, IMAGENET_FILES, VIT_PRESET, VIT_PRESET_DIR, find_imagenet_weights
 
     found = find_imagenet_weights(models_root, backbone=backbone)
     if found.source == "download" or (found.source == "cache" and backbone != "vit_b16"):
@@ -513,7 +513,7 @@ def _validate(d: dict[str, Any], base: Path, source: str | None) -> TrainConfig:
                        'use initial_weights = "none" with backbone = "small_cnn".', source)
         out["initial_weights"] = weights
     elif out["backbone"] == "vit_b16":
-        from cxrcore.model import VIT_PRESET_DIR, vit_preset_problem
+        from cxrcore.train.model import VIT_PRESET_DIR, vit_preset_problem
 
         path = resolve_path(weights, base)
         problem = vit_preset_problem(path) if path.is_dir() else f"folder not found: {path}."

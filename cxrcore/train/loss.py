@@ -132,7 +132,7 @@ def _loss_class() -> Any:
 def make_weighted_loss(w_pos: Any, w_neg: Any, *, from_logits: bool = False, epsilon: float = EPSILON) -> Any:
     """A Keras Loss for model.compile whose batch value is exactly the course loss.
 
-    Use from_logits=True with `cxrcore.model.logits_model(model)` for numerically stable training.
+    Use from_logits=True with `cxrcore.train.model.logits_model(model)` for numerically stable training.
     """
     return _loss_class()(w_pos, w_neg, from_logits=from_logits, epsilon=epsilon)
 
