@@ -12,7 +12,7 @@
    median < 0.5 s. Measured first without, then with `dashboard.cam_view.keep_compiled_functions`
    (Streamlit calls keras.backend.clear_session() after every run, which drops TensorFlow's
    compiled kernels).
-3. Gradient saliency (cxrcore.saliency) on the same model and image: one forward pass against the
+3. Gradient saliency (cxrcore.explain.saliency) on the same model and image: one forward pass against the
    gradient of one class, SmoothGrad with 25 samples for one class (batched noise samples: one call;
    and one sample per call for comparison) and Integrated Gradients with 32 steps, measured in turn
    in one run. Ratio asked by the issue: SmoothGrad-25 / one forward pass <= 30.
@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cxrcore import cam  # noqa: E402
+from cxrcore.explain import cam  # noqa: E402
 from cxrcore.data.labels import LABELS  # noqa: E402
 
 SIZE = 320
@@ -166,7 +166,7 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
     """SmoothGrad-25 (one class) and the other gradient methods against one forward pass, same model and size."""
     import keras
 
-    from cxrcore import saliency
+    from cxrcore.explain import saliency
     from cxrcore.train.model import LoadedModel, ModelInfo, build_model
     from cxrcore.data.pipeline import Normalization
 
@@ -230,10 +230,10 @@ def compare_methods_on_demo(work: Path) -> None:
     from cxrcore.data.dataset import load_split
     from cxrcore.demo import DemoConfig, generate_demo_dataset
     from cxrcore.data.images import read_image
-    from cxrcore.localization import faithfulness_curves, localize_images, map_agreement
+    from cxrcore.explain.localization import faithfulness_curves, localize_images, map_agreement
     from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model
     from cxrcore.data.pipeline import Normalization
-    from cxrcore.saliency import SaliencyOptions
+    from cxrcore.explain.saliency import SaliencyOptions
 
     distinct = ("Cardiomegaly", "Effusion", "Pneumothorax")
     config = DemoConfig(images=300, size=96, seed=3).with_prevalence(

@@ -18,8 +18,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import cam
-from cxrcore.saliency import SaliencyOptions
+from cxrcore.explain import cam
+from cxrcore.explain.saliency import SaliencyOptions
 from cxrcore.data.dataset import IMAGE, Split
 from cxrcore.errors import CxrError
 from cxrcore.export import csv_text
@@ -496,7 +496,7 @@ def render_image(name: str, shown_image: np.ndarray, original: tuple[int, int], 
     truth: the image's labels (empty: No Finding), or None when they are unknown (an upload).
     maps_key: identifies `result` (model, image, method, layer, smoothing) for the panel cache.
     """
-    from cxrcore.localization import score_map
+    from cxrcore.explain.localization import score_map
 
     box_list = _box_list(boxes)
     scale = (shown_image.shape[1] / original[1], shown_image.shape[0] / original[0])
@@ -582,7 +582,7 @@ def explain_and_render(entry: ModelEntry, loaded: LoadedModel, settings: MapSett
 def render_faithfulness(loaded: LoadedModel, read: Callable[[], np.ndarray], result: cam.ImageMaps,
                         shown_image: np.ndarray) -> None:
     """On request: mask the most salient cells of the image for one class and compare with random cells."""
-    from cxrcore.localization import deletion_test
+    from cxrcore.explain.localization import deletion_test
 
     with st.expander("Faithfulness: does masking the salient pixels lower the probability?",
                      icon=":material/science:"):
@@ -602,7 +602,7 @@ def render_faithfulness(loaded: LoadedModel, read: Callable[[], np.ndarray], res
 def _curves(key: str, image_key: str, method: str, layer: str | None, label: str, smooth: float, options: tuple,
             size: tuple[int, int], _loaded: LoadedModel, _image: np.ndarray, _heat: np.ndarray):
     """Deletion / insertion curves of one method's map (cached by what the map is made of)."""
-    from cxrcore.localization import faithfulness_curves
+    from cxrcore.explain.localization import faithfulness_curves
 
     return faithfulness_curves(_loaded, _image, _heat, label)
 
@@ -640,7 +640,7 @@ def render_comparison(entry: ModelEntry, loaded: LoadedModel, settings: MapSetti
                       read: Callable[[], np.ndarray], shown_image: np.ndarray, original: tuple[int, int],
                       boxes: pd.DataFrame | None, result: cam.ImageMaps) -> None:
     """Two methods' maps of one class on the same image, their agreement, faithfulness and pointing hit."""
-    from cxrcore.localization import map_agreement, score_map
+    from cxrcore.explain.localization import map_agreement, score_map
 
     key = model_key(entry, loaded)
     methods = supported(key, loaded)
@@ -829,7 +829,7 @@ def render_browser(entry: ModelEntry, loaded: LoadedModel, dataset: ActiveDatase
 def _localization(key: str, image_key: str, method: str, layer: str | None, options: tuple, _loaded: LoadedModel,
                   _images: list[str], _boxes: pd.DataFrame, root: str, _saliency: SaliencyOptions | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from cxrcore.localization import localize_images, summarize_localization
+    from cxrcore.explain.localization import localize_images, summarize_localization
 
     records = localize_images(_loaded, _images, _boxes, image_root=root, method=method, layer=layer,
                               saliency_options=_saliency)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrcore import cam
+from cxrcore.explain import cam
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.labels import LABELS
 from cxrcore.train.model import LoadedModel, ModelInfo, build_model
@@ -317,7 +317,7 @@ def test_explanation_figure_has_one_titled_panel_per_class_and_encodes_as_png(sm
 
 
 # --------------------------------------------------------------------------------------------
-# Gradient methods in the method list (cxrcore.saliency; details in tests/test_saliency.py)
+# Gradient methods in the method list (cxrcore.explain.saliency; details in tests/test_saliency.py)
 # --------------------------------------------------------------------------------------------
 
 def test_every_method_is_registered_with_a_title_and_dispatched(small, images):

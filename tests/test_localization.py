@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore import localization as loc
+from cxrcore.explain import localization as loc
 from cxrcore.data.boxes import boxes_for, read_boxes, scale_box, write_boxes
 from cxrcore.errors import DatasetError
 from cxrcore.data.labels import LABELS

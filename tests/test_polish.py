@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore import cam
+from cxrcore.explain import cam
 from cxrcore.audit.report import format_p, markdown_table
 from tests.app_support import ROOT
 

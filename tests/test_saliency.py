@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrcore import cam, saliency
+from cxrcore.explain import cam, saliency
 from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS
-from cxrcore.localization import faithfulness_curves, map_agreement, score_map
+from cxrcore.explain.localization import faithfulness_curves, map_agreement, score_map
 from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 from cxrcore.data.pipeline import Normalization
-from cxrcore.saliency import SaliencyOptions
+from cxrcore.explain.saliency import SaliencyOptions
 
 SIZE = 24
 #: Region R_k (y0, y1, x0, x1) read by output k of the region model; the other outputs read nothing.

@@ -8,10 +8,10 @@
 
 One image: a PNG figure, the original (with its boxes when --boxes has any) next to one overlay per
 class. A split: with boxes (--boxes, or a bbox.csv beside the split file), every boxed (image, class)
-is scored (pointing game, IoU, IoBB; see cxrcore.localization) and OUT gets maps/ (one figure per
+is scored (pointing game, IoU, IoBB; see cxrcore.explain.localization) and OUT gets maps/ (one figure per
 image), localization.csv, localization_summary.csv and report.md; without boxes, figures of the top
 K classes of each image. --faithfulness adds the deletion test (faithfulness.csv) and the deletion /
-insertion curves' areas per finding (faithfulness_auc.csv). The gradient methods (cxrcore.saliency) work
+insertion curves' areas per finding (faithfulness_auc.csv). The gradient methods (cxrcore.explain.saliency) work
 on any model; CAM and Grad-CAM(++) need a convolutional feature map with a pooled Dense head.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cxrcore.commands import quiet_native_stderr
 NAME = "cam"
 HELP = ("Class activation maps (CAM, Grad-CAM, Grad-CAM++) and gradient saliency (gradient, SmoothGrad, "
         "Integrated Gradients) for an image, or a split with a localization report.")
-#: cxrcore.cam.METHODS, spelled out so building the parser imports no OpenCV (tests check they match).
+#: cxrcore.explain.cam.METHODS, spelled out so building the parser imports no OpenCV (tests check they match).
 METHOD_CHOICES = ("cam", "gradcam", "gradcam++", "gradient", "smoothgrad", "integrated-gradients")
 
 
@@ -99,7 +99,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _saliency_options(args: argparse.Namespace):
-    from cxrcore.saliency import SaliencyOptions
+    from cxrcore.explain.saliency import SaliencyOptions
 
     return SaliencyOptions(samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed)
 
@@ -142,7 +142,7 @@ def _boxes(args: argparse.Namespace, near: Path | None):
 
 
 def _figure(image, result, boxes, truth, args):
-    from cxrcore.cam import explanation_figure
+    from cxrcore.explain.cam import explanation_figure
 
     own = [] if boxes is None else [(r.Label, (r.x, r.y, r.w, r.h)) for r in boxes.itertuples(index=False)]
     return explanation_figure(image, result, opacity=args.opacity, colormap=args.colormap, boxes=own,
@@ -159,7 +159,7 @@ def read_image(path: str):
 
 def run_single(args: argparse.Namespace) -> int:
     from cxrcore.data.boxes import boxes_for
-    from cxrcore.cam import explain, png_bytes, top_labels
+    from cxrcore.explain.cam import explain, png_bytes, top_labels
     from cxrcore.commands import input_files
     from cxrcore.fileio import atomic_write_bytes, check_output_file, writing
 
@@ -186,7 +186,7 @@ def run_single(args: argparse.Namespace) -> int:
 
 
 def _report_text(summary, args, n_images: int, faith=None, curves=None) -> str:
-    from cxrcore.cam import describe_method
+    from cxrcore.explain.cam import describe_method
 
     lines = [f"# Localization report: {Path(args.model).name} on {Path(args.split).name}", "",
              f"Method: {describe_method(args.method, _saliency_options(args))}"
@@ -227,12 +227,12 @@ def run_split(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from cxrcore.data.boxes import boxes_for
-    from cxrcore.cam import explain_batch, png_bytes, top_labels
+    from cxrcore.explain.cam import explain_batch, png_bytes, top_labels
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.errors import DatasetError
     from cxrcore.export import csv_text
     from cxrcore.data.labels import LABELS
-    from cxrcore.localization import deletion_test, localize_images, summarize_localization
+    from cxrcore.explain.localization import deletion_test, localize_images, summarize_localization
     from cxrcore.data.pipeline import resolve_image_paths
 
     from cxrcore.commands import input_files
@@ -316,8 +316,8 @@ def _faithfulness(loaded, records, by_name, args, deletion_test, read_image, pro
     """(deletion test rows, one row of deletion / insertion areas per finding) for every boxed finding."""
     import pandas as pd
 
-    from cxrcore.cam import explain
-    from cxrcore.localization import faithfulness_curves, work_size
+    from cxrcore.explain.cam import explain
+    from cxrcore.explain.localization import faithfulness_curves, work_size
 
     parts, areas = [], []
     pairs = list(records[["Image", "Label"]].itertuples(index=False))

@@ -28,7 +28,7 @@ from cxrcore.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.train.model import LoadedModel
-    from cxrcore.saliency import SaliencyOptions
+    from cxrcore.explain.saliency import SaliencyOptions
 
 Box = tuple[float, float, float, float]
 #: T(IoBB) thresholds reported as in Wang et al. 2017 (0.1 ... 0.7).
@@ -166,12 +166,12 @@ def localize_images(loaded: "LoadedModel", images: Sequence[str], boxes: pd.Data
 
     Maps are computed at the image size scaled to at most `limit` pixels (boxes scaled alike, the
     scores do not depend on it); `on_maps(name, image, ImageMaps)` sees each image's maps (to save them).
-    Any method of cxrcore.cam.METHODS; saliency_options sets SmoothGrad / Integrated Gradients.
+    Any method of cxrcore.explain.cam.METHODS; saliency_options sets SmoothGrad / Integrated Gradients.
     """
     import os
 
     from cxrcore.data.boxes import IMAGE, LABEL, scale_box
-    from cxrcore.cam import explain_batch
+    from cxrcore.explain.cam import explain_batch
     from cxrcore.data.images import read_image
 
     read = read or read_image

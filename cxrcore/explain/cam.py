@@ -2,7 +2,7 @@
 
 Three methods, all returning maps at the resolution of a convolutional layer, then upsampled to the
 image, ReLU'd and normalized to [0, 1] per map (the gradient methods on the input pixels, "gradient",
-"smoothgrad" and "integrated-gradients", live in cxrcore.saliency and return maps in the same
+"smoothgrad" and "integrated-gradients", live in cxrcore.explain.saliency and return maps in the same
 convention; `raw_maps` dispatches to them, `supported_methods` says which methods a model has):
 
 * "cam" (Zhou et al. 2016), the fast path for the standard head (feature map -> global average
@@ -37,11 +37,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
     from cxrcore.train.model import LoadedModel
-    from cxrcore.saliency import SaliencyOptions
+    from cxrcore.explain.saliency import SaliencyOptions
 
 #: Methods that read a convolutional feature map (CAM needs the GAP + Dense head on it).
 CAM_METHODS = ("cam", "gradcam", "gradcam++")
-#: Methods on the input pixels (cxrcore.saliency): any model, convolutional or not.
+#: Methods on the input pixels (cxrcore.explain.saliency): any model, convolutional or not.
 GRADIENT_METHODS = ("gradient", "smoothgrad", "integrated-gradients")
 METHODS = CAM_METHODS + GRADIENT_METHODS
 METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "gradient": "Gradient",
@@ -152,7 +152,7 @@ class CamModel:
                 target_layer = self.model.get_layer(layer)
             except ValueError:
                 raise ConfigError(f"the model has no layer named {layer!r}.",
-                                  fix="choose one of cxrcore.cam.map_layers(model).") from None
+                                  fix="choose one of cxrcore.explain.cam.map_layers(model).") from None
             shape = _output_shape(target_layer)
             if shape is None or len(shape) != 4:
                 raise ConfigError(f"layer {layer!r} has no 4-D (batch, height, width, channels) output, "
@@ -390,7 +390,7 @@ def describe_method(method: str, saliency_options: "SaliencyOptions | None" = No
     """The method's title with the settings that shape its maps, e.g. 'SmoothGrad (25 samples, noise 0.15)'."""
     check_method(method)
     if method in ("smoothgrad", "integrated-gradients"):
-        from cxrcore.saliency import SaliencyOptions
+        from cxrcore.explain.saliency import SaliencyOptions
 
         return f"{METHOD_TITLES[method]} ({(saliency_options or SaliencyOptions()).describe(method)})"
     return METHOD_TITLES[method]
@@ -403,11 +403,11 @@ def raw_maps(loaded: "LoadedModel", x: np.ndarray, indices: Sequence[int], *, me
     for prepared inputs `x` and model output `indices`.
 
     Gradient methods give (N, K, S, S) maps on the input (layer "input"); `saliency_options`
-    (cxrcore.saliency.SaliencyOptions) sets SmoothGrad's samples and noise and IG's steps.
+    (cxrcore.explain.saliency.SaliencyOptions) sets SmoothGrad's samples and noise and IG's steps.
     """
     check_method(method)
     if method in GRADIENT_METHODS:
-        from cxrcore import saliency
+        from cxrcore.explain import saliency
 
         if layer not in (None, saliency.INPUT_LAYER):
             raise ConfigError(f"{METHOD_TITLES[method]} works on the input pixels, not on layer {layer!r}.",
@@ -436,7 +436,7 @@ def explain_batch(loaded: "LoadedModel", images: Sequence[np.ndarray], labels: S
     """Maps of `labels` (all the model predicts when None) for [0, 1] grayscale images of any size.
 
     Each image's maps come back at its own (H, W), or at `sizes[i]` (e.g. a display size).
-    saliency_options: SmoothGrad / Integrated Gradients settings (cxrcore.saliency.SaliencyOptions).
+    saliency_options: SmoothGrad / Integrated Gradients settings (cxrcore.explain.saliency.SaliencyOptions).
     """
     from cxrcore.train.model import reorder_outputs
 

@@ -13,7 +13,7 @@ not, e.g. a ViT): no feature map, no particular head needed.
   (the three channels are copies of one gray pixel). x' is zeros in the model's input space, i.e. a
   flat image at the normalization's mean. Completeness: the attributions sum to f(x) - f(x').
 
-Maps come back as cxrcore.cam's raw maps, (N, K, h, w) with h = w = S, so `cam.postprocess`
+Maps come back as cxrcore.explain.cam's raw maps, (N, K, h, w) with h = w = S, so `cam.postprocess`
 (ReLU, upsample, smooth, normalize), overlays, the pointing game and the faithfulness tests apply
 unchanged. The score is the class logit (or its probability, target="probability"); the logit is
 found from the graph (the input of a final sigmoid, or a sigmoid Dense layer's pre-activation).
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cxrcore.cam import GRADIENT_METHODS, TARGETS, PerModelCache
+from cxrcore.explain.cam import GRADIENT_METHODS, TARGETS, PerModelCache
 from cxrcore.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -255,7 +255,7 @@ def channel_maps(attr: np.ndarray, method: str) -> np.ndarray:
 def raw_maps(loaded: "LoadedModel", x: np.ndarray, classes: Sequence[int], *, method: str = "gradient",
              target: str = "logit", options: SaliencyOptions | None = None, chunk: int = DEFAULT_CHUNK
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Maps (N, K, S, S) in cxrcore.cam's raw-map convention, and the outputs (N, n_out) at x."""
+    """Maps (N, K, S, S) in cxrcore.explain.cam's raw-map convention, and the outputs (N, n_out) at x."""
     attr, out = attributions(loaded, x, classes, method=method, target=target, options=options, chunk=chunk)
     return channel_maps(attr, method), out
 
