@@ -23,30 +23,24 @@ TensorFlow is imported lazily; overlays and figures need only OpenCV and numpy.
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import cv2
 import numpy as np
 
-from cxrcore.errors import ConfigError, ImageError, ModelError
 from cxrcore.data.labels import LABELS, canonical_label
+from cxrcore.errors import ConfigError, ImageError, ModelError
+from cxrcore.explain import saliency
+from cxrcore.explain.methods import (CAM_METHODS, GRADIENT_METHODS, METHOD_TITLES, METHODS, TARGETS,  # noqa: F401
+                                     PerModelCache)
+from cxrcore.explain.saliency import SaliencyOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
     from cxrcore.train.model import LoadedModel
-    from cxrcore.explain.saliency import SaliencyOptions
 
-#: Methods that read a convolutional feature map (CAM needs the GAP + Dense head on it).
-CAM_METHODS = ("cam", "gradcam", "gradcam++")
-#: Methods on the input pixels (cxrcore.explain.saliency): any model, convolutional or not.
-GRADIENT_METHODS = ("gradient", "smoothgrad", "integrated-gradients")
-METHODS = CAM_METHODS + GRADIENT_METHODS
-METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "gradient": "Gradient",
-                 "smoothgrad": "SmoothGrad", "integrated-gradients": "Integrated Gradients"}
-TARGETS = ("logit", "probability")
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
     "magma": cv2.COLORMAP_MAGMA, "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT,
@@ -231,31 +225,6 @@ def _gradcampp_weights(feats: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return (alpha * np.maximum(grads, 0.0)).sum(axis=(-3, -2))
 
 
-class PerModelCache:
-    """`build(model)` built once per Keras model object and kept for the `size` most recent models.
-
-    Keyed by the object (a weak reference checks that the id was not reused), so the compiled functions
-    of a model loaded once per server process are traced once; thread-safe for Streamlit sessions."""
-
-    def __init__(self, build: Callable[[Any], Any], size: int = 8) -> None:
-        self._build, self._size = build, size
-        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, model: "keras.Model") -> Any:
-        key = id(model)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and hit[0]() is model:
-                return hit[1]
-        built = self._build(model)
-        with self._lock:
-            self._entries[key] = (weakref.ref(model), built)
-            while len(self._entries) > self._size:
-                self._entries.pop(next(iter(self._entries)))
-        return built
-
-
 _CAM_MODELS = PerModelCache(CamModel)
 
 
@@ -390,8 +359,6 @@ def describe_method(method: str, saliency_options: "SaliencyOptions | None" = No
     """The method's title with the settings that shape its maps, e.g. 'SmoothGrad (25 samples, noise 0.15)'."""
     check_method(method)
     if method in ("smoothgrad", "integrated-gradients"):
-        from cxrcore.explain.saliency import SaliencyOptions
-
         return f"{METHOD_TITLES[method]} ({(saliency_options or SaliencyOptions()).describe(method)})"
     return METHOD_TITLES[method]
 
@@ -407,8 +374,6 @@ def raw_maps(loaded: "LoadedModel", x: np.ndarray, indices: Sequence[int], *, me
     """
     check_method(method)
     if method in GRADIENT_METHODS:
-        from cxrcore.explain import saliency
-
         if layer not in (None, saliency.INPUT_LAYER):
             raise ConfigError(f"{METHOD_TITLES[method]} works on the input pixels, not on layer {layer!r}.",
                               fix="leave the layer out (layers apply to Grad-CAM and Grad-CAM++).")

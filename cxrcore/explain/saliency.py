@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cxrcore.explain.cam import GRADIENT_METHODS, TARGETS, PerModelCache
 from cxrcore.errors import ConfigError, ModelError
+from cxrcore.explain.methods import GRADIENT_METHODS, TARGETS, PerModelCache
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
