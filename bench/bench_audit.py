@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrcore.audit.audit import run_audit  # noqa: E402
+from cxrcore.audit.report import to_json  # noqa: E402
 from cxrcore.data.dataset import load_split, load_table, select_images  # noqa: E402
 from cxrcore.data.imagecheck import check_images  # noqa: E402
-from cxrcore.audit.report import to_json  # noqa: E402
 
 AUDIT_TARGET_S = 1.0
 CLI_TARGET_S = 2.5  # whole process, median on 2 cores (fresh-machine issue)

@@ -41,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cxrcore.explain import cam  # noqa: E402
 from cxrcore.data.labels import LABELS  # noqa: E402
+from cxrcore.explain import cam  # noqa: E402
 
 SIZE = 320
 
@@ -104,8 +104,8 @@ def naive_gradcam_loop(grad_model, x, size: tuple[int, int]) -> np.ndarray:
 def bench_maps(repeats: int, nih: Path) -> dict:
     import keras
 
-    from cxrcore.train.model import LoadedModel, ModelInfo, build_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(input_size=SIZE, backbone="densenet121")
@@ -166,9 +166,9 @@ def bench_saliency(repeats: int, nih: Path) -> dict:
     """SmoothGrad-25 (one class) and the other gradient methods against one forward pass, same model and size."""
     import keras
 
+    from cxrcore.data.pipeline import Normalization
     from cxrcore.explain import saliency
     from cxrcore.train.model import LoadedModel, ModelInfo, build_model
-    from cxrcore.data.pipeline import Normalization
 
     keras.utils.set_random_seed(0)
     model = build_model(input_size=SIZE, backbone="densenet121")
@@ -228,12 +228,12 @@ def compare_methods_on_demo(work: Path) -> None:
 
     from cxrcore.data.boxes import read_boxes
     from cxrcore.data.dataset import load_split
-    from cxrcore.demo import DemoConfig, generate_demo_dataset
     from cxrcore.data.images import read_image
-    from cxrcore.explain.localization import faithfulness_curves, localize_images, map_agreement
-    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.demo import DemoConfig, generate_demo_dataset
+    from cxrcore.explain.localization import faithfulness_curves, localize_images, map_agreement
     from cxrcore.explain.saliency import SaliencyOptions
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model
 
     distinct = ("Cardiomegaly", "Effusion", "Pneumothorax")
     config = DemoConfig(images=300, size=96, seed=3).with_prevalence(
@@ -308,8 +308,8 @@ def nih_sample_dataset(nih: Path, folder: Path) -> Path | None:
 def bench_explorer(nih: Path, clicks: int, keep_kernels: bool = True) -> dict | None:
     from streamlit.testing.v1 import AppTest
 
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from cxrcore.data.labels import LABELS  # noqa: E402
 from cxrcore.demo import DISTINCT_FINDINGS, DemoConfig, generate_demo_dataset  # noqa: E402
 from cxrcore.demo.card import TEACHING_RESULTS  # noqa: E402
-from cxrcore.data.labels import LABELS  # noqa: E402
 
 COMMAND = "python bench/bench_demo_teaching.py"
 

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrcore.cli import main as cli_main  # noqa: E402
-from cxrcore.evaluate.delong import compare_models  # noqa: E402
 from cxrcore.data.labels import LABELS  # noqa: E402
-from cxrcore.evaluate.metrics import evaluate  # noqa: E402
 from cxrcore.data.predictions import write_predictions  # noqa: E402
+from cxrcore.evaluate.delong import compare_models  # noqa: E402
+from cxrcore.evaluate.metrics import evaluate  # noqa: E402
 
 TARGET_S = 10.0
 #: Approximate NIH ChestX-ray14 prevalences (whole dataset), in LABELS order.

@@ -300,10 +300,10 @@ def child_keras(backend: str, spec: dict) -> dict:
     import numpy as np
 
     from cxrcore.data.labels import LABELS
-    from cxrcore.train.model import build_model, logits_model
     from cxrcore.data.pipeline import Augmentation, Normalization
     from cxrcore.train.batches import ImageBatches
     from cxrcore.train.image_cache import open_image_cache
+    from cxrcore.train.model import build_model, logits_model
     from cxrcore.train.steps import make_steps
 
     device, gpu = _device(backend)

@@ -115,8 +115,8 @@ def bench_model(frame: pd.DataFrame, folder: Path, model_name: str, size: int, b
     import keras
     import tensorflow as tf
 
-    from cxrcore.train import loss
     from cxrcore.data import pipeline
+    from cxrcore.train import loss
     from cxrcore.train import model as M
 
     norm = pipeline.Normalization.sample()
@@ -192,8 +192,8 @@ def _print_model(m: dict) -> None:
 
 def bench_probe(work: Path, epochs: int = 2) -> dict:
     """Probe the demo preset on a generated demo set, then train it for `epochs` epochs as the page does."""
-    from cxrcore.train import jobs
     from cxrcore.demo import DemoConfig, generate_demo_dataset
+    from cxrcore.train import jobs
     from cxrcore.train.trainconfig import config_from_dict
 
     start = time.perf_counter()

@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from cxrcore.audit.audit import AuditReport, Leak, run_audit, shared_patient_images
+from cxrcore.audit.report import format_p, render, verdict
 from cxrcore.data.catalog import splits_from_files
 from cxrcore.data.dataset import IMAGE, PATIENT, Split
 from cxrcore.data.labels import LABELS
-from cxrcore.audit.report import format_p, render, verdict
 from dashboard.loaders import ActiveDataset, audit, preview, split_key
 from dashboard.widgets import fitted_columns, show_warnings, teaching_note, user_errors
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import streamlit as st
 
 from cxrcore.audit.audit import AuditReport
-from cxrcore.data.catalog import split_role
-from cxrcore.data.dataset import Split
 from cxrcore.audit.splitting import (DRAIN_KEEP, CLI_RESPLIT_SIZES, SplitResult, outputs_zip, repair_leakage,
                                resplit_same_sizes, stratify)
+from cxrcore.data.catalog import split_role
+from cxrcore.data.dataset import Split
 from dashboard.loaders import split_key
 from dashboard.widgets import teaching_note, user_errors
 

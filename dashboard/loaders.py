@@ -10,9 +10,9 @@ import streamlit as st
 from cxrcore.audit.audit import AuditReport, run_audit
 from cxrcore.data.catalog import DatasetEntry, describe_folder, discover_datasets, load_entry_splits
 from cxrcore.data.dataset import Split, load_split
-from cxrcore.errors import CxrError, DatasetError
 from cxrcore.data.images import quick_check, read_image
 from cxrcore.data.paths import resolve_image
+from cxrcore.errors import CxrError, DatasetError
 from dashboard.state import DATASET_KEY, data_root
 
 UPLOADED = "Uploaded files"

@@ -8,8 +8,8 @@ import streamlit as st
 from streamlit.logger import get_logger
 
 from cxrcore.data.dataset import Split
-from cxrcore.train.model import LoadedModel
 from cxrcore.data.predictions import Predictions, read_predictions
+from cxrcore.train.model import LoadedModel
 from cxrcore.train.registry import ModelEntry, discover_models
 from dashboard.loaders import ActiveDataset
 from dashboard.state import MODELS_KEY, cache_root, models_root, runs_root

@@ -19,17 +19,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cxrcore.audit.report import format_p
 from cxrcore.data.dataset import Split, load_split, parse_split_spec
-from cxrcore.evaluate.delong import Comparison, compare_models
-from cxrcore.errors import ConfigError, DatasetError, PredictionsError
-from cxrcore.export import csv_text
-from cxrcore.fileio import MAX_JSON_BYTES, MAX_TABLE_BYTES, limit, open_for_reading, parse_json, read_file_bytes
 from cxrcore.data.labels import LABELS, canonical_label
+from cxrcore.data.predictions import Aligned, Predictions, align, read_predictions
+from cxrcore.errors import ConfigError, DatasetError, PredictionsError
+from cxrcore.evaluate.delong import Comparison, compare_models
 from cxrcore.evaluate.literature import CHEXNET, NOTE as LITERATURE_NOTE, WANG2017
 from cxrcore.evaluate.metrics import (EvaluationResult, brier_score, ci_rule_text, evaluate, jsonable, pr_curve,
                              reliability_bins, roc_curve, threshold_metrics)
-from cxrcore.data.predictions import Aligned, Predictions, align, read_predictions
-from cxrcore.audit.report import format_p
+from cxrcore.export import csv_text
+from cxrcore.fileio import MAX_JSON_BYTES, MAX_TABLE_BYTES, limit, open_for_reading, parse_json, read_file_bytes
 from dashboard import results_charts as charts
 from dashboard.charts import cached_figure
 from dashboard.loaders import split_key

@@ -20,10 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore.train import jobs, preflight
+from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import parse_json
-from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
+from cxrcore.train import jobs, preflight
 from cxrcore.train.registry import KIND_BACKBONE, KIND_MODEL
 from cxrcore.train.trainconfig import (BACKBONE_LABELS, BACKBONES, CUSTOM, N_BLOCKS, N_LAYERS, PRESET_NOTES, PRESETS,
                                  TrainConfig, auto_preset, config_from_dict, detect_hardware)

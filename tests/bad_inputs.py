@@ -100,9 +100,9 @@ def reference_pixels() -> np.ndarray:
 def make_world(root: Path) -> World:
     """Write the good inputs under root (about 2 s: most of it saving the model)."""
     from cxrcore.data.dataset import load_split
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
     from cxrcore.data.predictions import write_predictions
+    from cxrcore.train.model import ModelInfo, build_model, save_model
     from tests.app_support import make_course_dataset
 
     world = World(root)
@@ -852,9 +852,9 @@ def _every(change: Callable[[int, list[str]], list[str]]) -> Callable[[list[list
 
 def _same_auroc(run: Outcome) -> None:
     """The same AUROCs as the plain file."""
-    from cxrcore.evaluate.metrics import evaluate
     from cxrcore.data.dataset import load_split
     from cxrcore.data.predictions import align, read_predictions
+    from cxrcore.evaluate.metrics import evaluate
 
     data = align(read_predictions(run.world.predictions), load_split(run.world.labels))
     want = evaluate(data.y, data.probs, data.labels, data.patient_ids, n_bootstrap=0)

@@ -11,10 +11,10 @@ from scipy.stats import chi2_contingency, ks_2samp
 
 from cxrcore.audit.audit import (class_balance, cooccurrence, count_leaked, find_leakage, metadata_shift,
                            prevalence_shift, run_audit, shared_patient_images, summarize, two_proportion_p)
-from cxrcore.data.dataset import load_split
-from cxrcore.errors import DatasetError
-from cxrcore.data.labels import LABELS
 from cxrcore.audit.report import render, to_dict, to_json, verdict
+from cxrcore.data.dataset import load_split
+from cxrcore.data.labels import LABELS
+from cxrcore.errors import DatasetError
 from tests.csv_corpus import nih_frame, onehot_frame, random_labels, to_csv_bytes
 
 

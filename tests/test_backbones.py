@@ -18,10 +18,10 @@ import keras
 import numpy as np
 import pytest
 
+from cxrcore.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from cxrcore.errors import ConfigError, ModelError
 from cxrcore.train import model as M
 from cxrcore.train import trainconfig
-from cxrcore.errors import ConfigError, ModelError
-from cxrcore.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalization
 
 SIZE = 32
 LABELS3 = ("Mass", "Edema", "Nodule")

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train import backend
 from cxrcore.train.trainconfig import config_from_dict
 from tests.test_jobs import status_of, wait_for

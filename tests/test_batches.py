@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrcore.errors import ConfigError
 from cxrcore.data.pipeline import Augmentation, Normalization
+from cxrcore.errors import ConfigError
 from cxrcore.train.batches import ImageBatches, augment, augmentation_params
 from cxrcore.train.image_cache import open_image_cache
 from tests.test_image_cache import write_pngs

@@ -32,9 +32,9 @@ def roots(app_data_root, tmp_path_factory):
     """The 'mini' dataset, a tiny small_cnn model and one prediction file for its test split."""
     from cxrcore.data.dataset import load_split
     from cxrcore.data.labels import LABELS
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
     from cxrcore.data.predictions import write_predictions
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     base = tmp_path_factory.mktemp("classroom")
     shutil.copytree(app_data_root / "mini", base / "data" / "mini")

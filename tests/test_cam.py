@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrcore.explain import cam
-from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.labels import LABELS
-from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 from cxrcore.data.pipeline import Normalization
+from cxrcore.errors import ConfigError, ModelError
+from cxrcore.explain import cam
+from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 
 
 def _loaded(model, size: int, labels=LABELS, backbone: str = "small_cnn") -> LoadedModel:

@@ -23,8 +23,8 @@ PAGE = "pages/gradcam_explorer.py"
 @pytest.fixture(scope="module")
 def world(app_data_root, tmp_path_factory):
     """A copy of 'mini' with a bbox.csv (NIH format) for two test images, and a tiny small_cnn model."""
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     root = tmp_path_factory.mktemp("cam-page")
     data = root / "data"
@@ -252,8 +252,8 @@ def test_compare_two_methods_side_by_side_with_agreement_faithfulness_and_pointi
 def test_a_model_without_a_conv_feature_map_offers_only_the_gradient_methods(world, monkeypatch, tmp_path):
     import keras
 
-    from cxrcore.train.model import ModelInfo, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, save_model
 
     inputs = keras.Input((32, 32, 3), name="image")
     logits = keras.layers.Dense(14, name="logits")(keras.layers.Flatten()(inputs))

@@ -11,8 +11,8 @@ import pytest
 
 from cxrcore.data.dataset import (FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table,
                              neutralize_formulas, parse_split_spec, read_list_file, write_split)
-from cxrcore.errors import CxrError, DatasetError, DataWarning
 from cxrcore.data.labels import LABELS
+from cxrcore.errors import CxrError, DatasetError, DataWarning
 from tests.csv_corpus import (million_row_csv, nih_frame, onehot_frame, random_labels, to_csv_bytes, write_csv,
                               write_list)
 
@@ -511,8 +511,8 @@ def test_a_million_row_csv_loads():
 
 def test_two_columns_meaning_the_same_label_are_refused(tmp_path):
     from cxrcore.data.dataset import load_split
-    from cxrcore.errors import DatasetError
     from cxrcore.data.labels import LABELS
+    from cxrcore.errors import DatasetError
 
     header = ["Image", *LABELS, "Infiltrate", "PatientId"]
     row = ["00000001_000.png", *["0"] * 14, "1", "1"]

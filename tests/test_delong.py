@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from cxrcore.evaluate.delong import compare_models, delong_covariance, delong_test, holm, paired_test
 from cxrcore.errors import ConfigError
+from cxrcore.evaluate.delong import compare_models, delong_covariance, delong_test, holm, paired_test
 
 
 def slow_delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

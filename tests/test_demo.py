@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from cxrcore.data.dataset import load_split
+from cxrcore.data.labels import LABELS, NO_FINDING
 from cxrcore.demo import (DEFAULT_PREVALENCE, DISTINCT_FINDINGS, NIH_PREVALENCE, Case, DemoConfig,
                           ensure_demo_dataset, generate_demo_dataset, is_complete, plan_cohort,
                           prevalence_from_text, read_bbox_csv, read_marker, render_case)
@@ -22,7 +23,6 @@ from cxrcore.demo import anatomy as an
 from cxrcore.demo.anatomy import sample_anatomy
 from cxrcore.demo.card import build_card
 from cxrcore.errors import ConfigError, DatasetError
-from cxrcore.data.labels import LABELS, NO_FINDING
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = DemoConfig(images=60, size=96, seed=5)

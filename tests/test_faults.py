@@ -31,8 +31,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import ROOT, StreamlitServer, headless_chromium, open_app_page
 
@@ -146,9 +146,9 @@ def test_a_full_disk_keeps_the_previous_models_and_fails_with_a_clear_error(data
                                                                             tmp_path, timings):
     import keras
 
-    from cxrcore.train.model import load_model
     from cxrcore.train import loop
     from cxrcore.train.job import run_job
+    from cxrcore.train.model import load_model
 
     runs = tmp_path / "runs"
     config = tiny_config(dataset, epochs=3)

@@ -187,8 +187,8 @@ def _within(seconds: float, work) -> None:
 def test_pipes_and_devices_are_refused_at_once_by_every_reader(kind, tmp_path):
     from cxrcore.data.dataset import load_split
     from cxrcore.data.images import quick_check, read_image
-    from cxrcore.train.model import load_model, read_model_info
     from cxrcore.data.predictions import read_predictions
+    from cxrcore.train.model import load_model, read_model_info
 
     def special(name: str) -> Path:
         path = tmp_path / f"{kind}-{name}"
@@ -298,8 +298,8 @@ def test_written_files_follow_the_umask(umask, tmp_path):
 
 
 def test_a_saved_model_follows_the_umask(tmp_path):
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     old = os.umask(0o022)
     try:

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from cxrcore.audit.audit import run_audit
+from cxrcore.audit.report import render, to_dict, verdict
 from cxrcore.data.dataset import load_split
-from cxrcore.errors import DatasetError
 from cxrcore.data.imagecheck import (CONFIRM_CORRELATION, check_images, hamming, near_duplicate_pairs,
                                 perceptual_hash)
-from cxrcore.data.paths import resolve_image
 from cxrcore.data.labels import LABELS
-from cxrcore.audit.report import render, to_dict, verdict
+from cxrcore.data.paths import resolve_image
+from cxrcore.errors import DatasetError
 from tests.csv_corpus import near_copy, onehot_frame, smooth_image, to_csv_bytes, truncate_file, write_png
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import make_course_dataset, sleeper_holding
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from cxrcore.evaluate.leak_lesson import LESSON_GAP, compare_clean_and_leaky, has_leak_lesson
 from cxrcore.data.labels import LABELS
+from cxrcore.evaluate.leak_lesson import LESSON_GAP, compare_clean_and_leaky, has_leak_lesson
 from tests.app_support import open_app_page
 
 
@@ -37,8 +37,8 @@ def demo_root(tmp_path_factory):
 def test_results_page_shows_both_splits_and_the_lesson_for_the_demo(demo_root, tmp_path, monkeypatch):
     """A tiny untrained model: the numbers on screen and the words beside them agree, whatever they are."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     models = tmp_path / "models"
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="tiny", backbone="small_cnn",

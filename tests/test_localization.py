@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.explain import localization as loc
 from cxrcore.data.boxes import boxes_for, read_boxes, scale_box, write_boxes
-from cxrcore.errors import DatasetError
 from cxrcore.data.labels import LABELS
+from cxrcore.errors import DatasetError
+from cxrcore.explain import localization as loc
 
 NIH_TEXT = """Image Index,Finding Label,Bbox [x,y,w,h],,,
 00013118_008.png,Atelectasis,225.084745762712,547.019216763771,86.7796610169491,79.1864406779661
@@ -170,10 +170,10 @@ def trained(tmp_path_factory):
     import keras
 
     from cxrcore.data.dataset import load_split
-    from cxrcore.demo import DemoConfig, generate_demo_dataset
     from cxrcore.data.images import read_image
-    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.demo import DemoConfig, generate_demo_dataset
+    from cxrcore.train.model import LoadedModel, ModelInfo, build_model, logits_model, save_model
 
     root = tmp_path_factory.mktemp("cam-demo")
     config = DemoConfig(images=300, size=96, seed=3).with_prevalence(

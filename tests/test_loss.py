@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from cxrcore.train import loss
 from cxrcore.errors import ConfigError, DatasetError
+from cxrcore.train import loss
 
 # The course's test case
 Y = np.array([[1, 1, 1], [1, 1, 0], [0, 1, 0], [1, 0, 1]], dtype=np.float32)

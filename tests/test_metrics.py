@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import (average_precision_score, brier_score_loss, roc_auc_score,
                              roc_curve as sk_roc_curve)
 
-from cxrcore.evaluate import metrics as M
-from cxrcore.errors import ConfigError, PredictionsError
 from cxrcore.data.labels import LABELS
+from cxrcore.errors import ConfigError, PredictionsError
+from cxrcore.evaluate import metrics as M
 
 
 def _random_case(rng: np.random.Generator, n: int, decimals: int | None = None):

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from cxrcore.train import model as M
-from cxrcore.errors import ConfigError, ModelError
 from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS
 from cxrcore.data.pipeline import Normalization
+from cxrcore.errors import ConfigError, ModelError
+from cxrcore.train import model as M
 
 SIZE = 64
 

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from cxrcore.data import images, pipeline
-from cxrcore.errors import ConfigError, DatasetError
 from cxrcore.data.labels import LABELS
 from cxrcore.data.pipeline import Augmentation, Normalization
+from cxrcore.errors import ConfigError, DatasetError
 
 SIZE = 32
 

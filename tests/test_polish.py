@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrcore.explain import cam
 from cxrcore.audit.report import format_p, markdown_table
+from cxrcore.explain import cam
 from tests.app_support import ROOT
 
 
@@ -27,8 +27,8 @@ def test_markdown_tables_escape_pipes_in_the_header_too():
 
 
 def test_the_split_report_renders_as_tables_with_headings_at_the_level_asked():
-    from cxrcore.data.dataset import load_split
     from cxrcore.audit.splitting import stratify
+    from cxrcore.data.dataset import load_split
     from tests.app_support import make_course_dataset
 
     import tempfile

@@ -12,8 +12,8 @@ import pytest
 from cxrcore.cli import main
 from cxrcore.data.dataset import load_split
 from cxrcore.data.labels import LABELS
-from cxrcore.train.model import ModelInfo, build_model, save_model
 from cxrcore.data.pipeline import Normalization
+from cxrcore.train.model import ModelInfo, build_model, save_model
 from cxrcore.train.registry import KIND_BACKBONE, KIND_BROKEN, KIND_MODEL, discover_models
 from tests.app_support import make_course_dataset
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from cxrcore.data.dataset import load_split
-from cxrcore.errors import PredictionsError
 from cxrcore.data.labels import LABELS
 from cxrcore.data.predictions import align, normalize_image_name, read_predictions, write_predictions
+from cxrcore.errors import PredictionsError
 
 
 def _names(n: int) -> list[str]:

@@ -12,11 +12,11 @@ import pytest
 
 from cxrcore.cli import main
 from cxrcore.data.dataset import is_dataset_table, load_split, load_table
-from cxrcore.evaluate.delong import compare_models
-from cxrcore.errors import PredictionsError
 from cxrcore.data.labels import LABELS
-from cxrcore.evaluate.metrics import ci_problem, evaluate, min_usable_replicates
 from cxrcore.data.predictions import align, read_predictions, write_predictions
+from cxrcore.errors import PredictionsError
+from cxrcore.evaluate.delong import compare_models
+from cxrcore.evaluate.metrics import ci_problem, evaluate, min_usable_replicates
 
 N_PATIENTS = 120
 

@@ -42,8 +42,8 @@ def partial_root(tmp_path_factory) -> Path:
 def demo_model(tmp_path_factory) -> Path:
     """A tiny model whose info says it was trained on the synthetic demo set."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     models = tmp_path_factory.mktemp("models")
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="demo", backbone="small_cnn",

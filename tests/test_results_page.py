@@ -185,8 +185,8 @@ def test_a_model_file_predicts_the_split_and_is_evaluated_with_its_training_leak
     """A real (tiny) model under models/: the page predicts the split once and evaluates it; its info
     names the training split, so evaluating the leaky split warns that the AUROC is inflated."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.train.model import ModelInfo, build_model, save_model
     from cxrcore.data.pipeline import Normalization
+    from cxrcore.train.model import ModelInfo, build_model, save_model
 
     models = tmp_path / "models"
     info = ModelInfo(input_size=32, normalization=Normalization.sample(), name="tiny", backbone="small_cnn",

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrcore.explain import cam, saliency
-from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS
-from cxrcore.explain.localization import faithfulness_curves, map_agreement, score_map
-from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 from cxrcore.data.pipeline import Normalization
+from cxrcore.errors import ConfigError
+from cxrcore.explain import cam, saliency
+from cxrcore.explain.localization import faithfulness_curves, map_agreement, score_map
 from cxrcore.explain.saliency import SaliencyOptions
+from cxrcore.train.model import LoadedModel, ModelInfo, build_model
 
 SIZE = 24
 #: Region R_k (y0, y1, x0, x1) read by output k of the region model; the other outputs read nothing.
@@ -428,8 +428,8 @@ def test_cam_cli_refuses_cam_on_a_model_without_the_pooled_head(tmp_path, capsys
 def test_cam_cli_split_with_boxes_and_faithfulness_for_a_gradient_method(saved, tmp_path, capsys):
     import pandas as pd
 
-    from cxrcore.data.boxes import write_boxes
     from cxrcore.cli import main
+    from cxrcore.data.boxes import write_boxes
 
     _, model = saved
     images = tmp_path / "images"

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.errors import DatasetError
-from cxrcore.export import csv_text, neutralize_cell
 from cxrcore.data.paths import escaping_links, is_inside, resolve_image
 from cxrcore.data.pipeline import resolve_image_paths
+from cxrcore.errors import DatasetError
+from cxrcore.export import csv_text, neutralize_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 

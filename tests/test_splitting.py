@@ -14,10 +14,6 @@ import pandas as pd
 import pytest
 
 from cxrcore.audit.audit import count_leaked
-from cxrcore.cli import main
-from cxrcore.data.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
-from cxrcore.errors import DatasetError, OutputError
-from cxrcore.data.labels import LABELS
 from cxrcore.audit.splitting import (
     REPORT_JSON,
     REPORT_MD,
@@ -34,6 +30,10 @@ from cxrcore.audit.splitting import (
     validate_fractions,
     write_outputs,
 )
+from cxrcore.cli import main
+from cxrcore.data.dataset import FORMAT_LIST, FORMAT_NIH, FORMAT_ONEHOT, load_split, load_table
+from cxrcore.data.labels import LABELS
+from cxrcore.errors import DatasetError, OutputError
 
 ROOT = Path(__file__).resolve().parent.parent
 FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}

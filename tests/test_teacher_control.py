@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrcore.train import jobs
 from cxrcore.data import access
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train.trainconfig import config_from_dict
 from tests.app_support import ROOT, open_app_page, sleeper_holding
 

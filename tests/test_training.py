@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS
 from cxrcore.data.pipeline import Augmentation
+from cxrcore.errors import ConfigError
 from cxrcore.train.trainconfig import (PRESET_NOTES, PRESETS, Hardware, TrainConfig, auto_preset, config_from_dict,
                                  load_config, preset_changes, with_changes)
 
@@ -370,8 +370,8 @@ def test_mixed_precision_keeps_the_head_in_float32(shapes):
 
 
 def test_validation_metrics_match_the_course_loss_and_auroc():
-    from cxrcore.train.loss import weighted_loss_numpy
     from cxrcore.evaluate.metrics import auroc
+    from cxrcore.train.loss import weighted_loss_numpy
     from cxrcore.train.validation import validation_metrics
 
     rng = np.random.default_rng(1)
@@ -395,8 +395,8 @@ def test_validation_metrics_match_the_course_loss_and_auroc():
 
 def test_short_cpu_run_learns_the_visible_signal_and_writes_the_run_folder(shapes, tmp_path):
     from cxrcore.train import jobs
-    from cxrcore.train.model import load_model
     from cxrcore.train.job import run_job
+    from cxrcore.train.model import load_model
 
     config = tiny(shapes, labels=["Mass"], epochs=6, learning_rate=0.003, early_stopping_patience=0,
                   reduce_lr_patience=0, predict_test=True, max_train_images=None, max_valid_images=None,

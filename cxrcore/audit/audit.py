@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cxrcore.data.dataset import IMAGE, PATIENT, Split
-from cxrcore.errors import DatasetError, DataWarning
-from cxrcore.data.labels import LABELS
 from cxrcore.audit.stattests import chi2_contingency, ks_2samp
+from cxrcore.data.dataset import IMAGE, PATIENT, Split
+from cxrcore.data.labels import LABELS
+from cxrcore.errors import DatasetError, DataWarning
 
 ProgressCallback = Callable[[int, int, str], None]
 

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from cxrcore.audit.audit import class_balance, count_leaked
+from cxrcore.audit.report import markdown_table
 from cxrcore.data.dataset import FORMAT_LIST, FORMAT_ONEHOT, IMAGE, PATIENT, Split, write_split
+from cxrcore.data.labels import LABELS
 from cxrcore.errors import DatasetError
 from cxrcore.fileio import atomic_write_text, refuse_overwriting_inputs, writing
-from cxrcore.data.labels import LABELS
-from cxrcore.audit.report import markdown_table
 
 #: Fractions must add up to 1 within this.
 FRACTION_TOLERANCE = 1e-6

@@ -158,9 +158,9 @@ def read_image(path: str):
 
 
 def run_single(args: argparse.Namespace) -> int:
+    from cxrcore.commands import input_files
     from cxrcore.data.boxes import boxes_for
     from cxrcore.explain.cam import explain, png_bytes, top_labels
-    from cxrcore.commands import input_files
     from cxrcore.fileio import atomic_write_bytes, check_output_file, writing
 
     out = check_output_file(args.out, inputs=input_files(args.image, args.boxes, args.normalize_from,
@@ -226,14 +226,14 @@ def _report_text(summary, args, n_images: int, faith=None, curves=None) -> str:
 def run_split(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from cxrcore.data.boxes import boxes_for
-    from cxrcore.explain.cam import explain_batch, png_bytes, top_labels
     from cxrcore.commands.audit import load_named_splits
-    from cxrcore.errors import DatasetError
-    from cxrcore.export import csv_text
+    from cxrcore.data.boxes import boxes_for
     from cxrcore.data.labels import LABELS
-    from cxrcore.explain.localization import deletion_test, localize_images, summarize_localization
     from cxrcore.data.pipeline import resolve_image_paths
+    from cxrcore.errors import DatasetError
+    from cxrcore.explain.cam import explain_batch, png_bytes, top_labels
+    from cxrcore.explain.localization import deletion_test, localize_images, summarize_localization
+    from cxrcore.export import csv_text
 
     from cxrcore.commands import input_files
     from cxrcore.fileio import check_output_folder, writing

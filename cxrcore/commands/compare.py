@@ -139,10 +139,10 @@ def render_text(comparison, labels_file: str, coverage: str | None = None) -> st
 
 def run(args: argparse.Namespace) -> int:
     from cxrcore.commands.evaluate import check_bootstrap, coverage_json, load_labels, print_warnings
-    from cxrcore.evaluate.delong import compare_models
-    from cxrcore.errors import ConfigError, PredictionsError
     from cxrcore.data.dataset import is_dataset_table
     from cxrcore.data.predictions import align, common_images, coverage_line, read_predictions
+    from cxrcore.errors import ConfigError, PredictionsError
+    from cxrcore.evaluate.delong import compare_models
 
     if len(args.predictions) < 2:
         raise ConfigError("compare needs at least two --predictions files.", fix="repeat --predictions per model.")

@@ -111,8 +111,8 @@ def coverage_json(n_evaluated: int, n_labelled: int, whole_table: bool) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from cxrcore.data.dataset import is_dataset_table
-    from cxrcore.evaluate.metrics import evaluate
     from cxrcore.data.predictions import align, coverage_line, read_predictions
+    from cxrcore.evaluate.metrics import evaluate
 
     check_bootstrap(args.bootstrap)
     split = load_labels(args.labels)

@@ -61,9 +61,9 @@ def _shard(text: str) -> tuple[int, int]:
 def merge(parts: list[str], out: str) -> int:
     import numpy as np
 
+    from cxrcore.data.predictions import read_predictions, write_predictions
     from cxrcore.errors import PredictionsError
     from cxrcore.fileio import check_output_file, writing
-    from cxrcore.data.predictions import read_predictions, write_predictions
 
     target = check_output_file(out, inputs=parts)
     loaded = [read_predictions(p) for p in parts]
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _present(split, image_root: str):
     """The split's images on disk; DatasetError when none is."""
-    from cxrcore.errors import DatasetError
     from cxrcore.data.pipeline import present_rows
+    from cxrcore.errors import DatasetError
 
     present, missing = present_rows(split, image_root)
     if not len(present):

@@ -38,10 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrcore.audit.splitting import parse_fractions, repair_leakage, stratify, write_outputs
     from cxrcore.commands import input_files
     from cxrcore.commands.audit import load_named_splits
     from cxrcore.errors import ConfigError
-    from cxrcore.audit.splitting import parse_fractions, repair_leakage, stratify, write_outputs
 
     if args.repair:
         if args.input or args.fractions:

@@ -162,8 +162,8 @@ def _check_backend(config) -> None:
 
 def _train(run_dir: Path, config, *, resume: bool) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cxrcore.train.jobs import job_logger, tf_config_role
     from cxrcore.train.job import run_job
+    from cxrcore.train.jobs import job_logger, tf_config_role
 
     # the chief writes the run's own lines into train.log; other workers of a multi-worker run only print theirs
     own_log = {"log": job_logger(run_dir)} if tf_config_role()[1] else {}

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrcore.errors import DatasetError
 from cxrcore.data.labels import LABELS, canonical_label
+from cxrcore.errors import DatasetError
 
 IMAGE, LABEL = "Image", "Label"
 COORDS = ("x", "y", "w", "h")

@@ -20,10 +20,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from cxrcore.data.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
 from cxrcore.errors import DatasetError, DataWarning
 from cxrcore.export import neutralize_formulas
 from cxrcore.fileio import read_table_bytes
-from cxrcore.data.labels import LABELS, NO_FINDING, canonical_label, is_no_finding
 
 IMAGE = "Image"
 PATIENT = "PatientId"

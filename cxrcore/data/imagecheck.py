@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 
 from cxrcore.data.dataset import Split
+from cxrcore.data.paths import resolve_image
 from cxrcore.errors import DatasetError, ImageError
 from cxrcore.fileio import MAX_IMAGE_BYTES, limit, read_file_bytes
-from cxrcore.data.paths import resolve_image
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -60,8 +60,8 @@ def perceptual_hash(gray: np.ndarray) -> int:
 def _oversized(data: bytes) -> str | None:
     """Why a PNG or JPEG must not be decoded: its header claims more than DEFAULT_MAX_PIXELS (a decompression
     bomb, which OpenCV would allocate and decode in full), or has no readable size; None when it may be."""
-    from cxrcore.errors import ImageError
     from cxrcore.data.images import DEFAULT_MAX_PIXELS, image_size, sniff_format
+    from cxrcore.errors import ImageError
 
     if sniff_format(data) not in ("png", "jpeg"):
         return None

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from cxrcore.data import images as _images
-from cxrcore.errors import ConfigError, DatasetError
 from cxrcore.data.labels import LABELS
 from cxrcore.data.paths import escaping_links, is_inside
+from cxrcore.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -26,10 +26,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrcore.data.labels import LABELS, canonical_label
 from cxrcore.errors import DataWarning, PredictionsError
 from cxrcore.export import FORMULA_START, neutralize_cell
 from cxrcore.fileio import make_temp, read_table_bytes
-from cxrcore.data.labels import LABELS, canonical_label
 
 IMAGE = "Image"
 PROB_PREFIX = "prob_"

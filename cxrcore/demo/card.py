@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrcore.data.labels import LABELS
 from cxrcore.demo.config import (DEFAULT_PREVALENCE, DISTINCT_FINDINGS, NIH_PREVALENCE, OVERLAPPING_GROUPS,
                                  DemoConfig)
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import read_json_file
-from cxrcore.data.labels import LABELS
 
 TEACHING_RESULTS = Path(__file__).with_name("teaching_results.json")
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxrcore.data.labels import LABELS
 from cxrcore.demo.anatomy import stream
 from cxrcore.demo.config import IMAGES_PER_PATIENT, SPLIT_FRACTIONS, DemoConfig
 from cxrcore.demo.render import Case
-from cxrcore.data.labels import LABELS
 
 #: Share of a label's prevalence that comes from patients who carry it chronically.
 CHRONIC_SHARE = 0.8

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from cxrcore.errors import ConfigError
 from cxrcore.data.labels import LABELS, canonical_label
+from cxrcore.errors import ConfigError
 
 #: Per-image rates in the real NIH table (Data_Entry_2017_v2020.csv.gz, 112,120 images).
 NIH_PREVALENCE: dict[str, float] = {

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from cxrcore.data.labels import LABELS
 from cxrcore.demo import anatomy as an
 from cxrcore.demo.anatomy import LEFT, RIGHT, SIGN, Canvas, Geometry, Layers, with_changes
-from cxrcore.data.labels import LABELS
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrcore.demo.render import Case

@@ -20,13 +20,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from cxrcore.data.labels import LABELS, NO_FINDING
 from cxrcore.demo.card import build_card
 from cxrcore.demo.cohort import Cohort, plan_cohort
 from cxrcore.demo.config import DemoConfig
 from cxrcore.demo.render import Box, Case, encode_png, render_case
 from cxrcore.errors import ConfigError, DatasetError
 from cxrcore.fileio import MAX_TABLE_BYTES, limit, open_for_reading, read_json_file
-from cxrcore.data.labels import LABELS, NO_FINDING
 
 MARKER = ".complete"
 IMAGES_DIR = "images"

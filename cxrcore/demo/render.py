@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cxrcore.data.labels import LABELS
 from cxrcore.demo import anatomy as an
 from cxrcore.demo import findings as fd
-from cxrcore.data.labels import LABELS
 
 #: Stream purposes (the last key of an image's streams).
 _POSE, _EXPOSURE, _NOISE, _MARKER, _GAS = 1, 2, 3, 4, 5

@@ -27,8 +27,8 @@ import pandas as pd
 from cxrcore.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cxrcore.train.model import LoadedModel
     from cxrcore.explain.saliency import SaliencyOptions
+    from cxrcore.train.model import LoadedModel
 
 Box = tuple[float, float, float, float]
 #: T(IoBB) thresholds reported as in Wang et al. 2017 (0.1 ... 0.7).
@@ -171,8 +171,8 @@ def localize_images(loaded: "LoadedModel", images: Sequence[str], boxes: pd.Data
     import os
 
     from cxrcore.data.boxes import IMAGE, LABEL, scale_box
-    from cxrcore.explain.cam import explain_batch
     from cxrcore.data.images import read_image
+    from cxrcore.explain.cam import explain_batch
 
     read = read or read_image
     wanted = {os.path.basename(str(n)) for n in images}

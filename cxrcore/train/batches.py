@@ -21,8 +21,8 @@ import cv2
 import keras
 import numpy as np
 
-from cxrcore.errors import ConfigError
 from cxrcore.data.pipeline import EPSILON, Augmentation, Normalization
+from cxrcore.errors import ConfigError
 from cxrcore.train.image_cache import ImageCacheArray
 
 _BORDERS = {"nearest": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT}

@@ -89,8 +89,8 @@ def _fit_normalization(config: TrainConfig, frame: "pd.DataFrame") -> "Normaliza
 
 def prepare_data(config: TrainConfig, *, log: Log = print_log, fit_normalization: bool = True) -> TrainingData:
     """Load the splits, take the CPU-preset subsets, compute class weights and (dataset mode) mean/std."""
-    from cxrcore.train.loss import class_weights
     from cxrcore.data.pipeline import Normalization, label_matrix
+    from cxrcore.train.loss import class_weights
 
     train = load_spec(config.train_split, "train")
     valid = load_spec(config.valid_split, "valid")

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train.backend import BackendChoice, activate, choose_backend, enable_compilation_cache
 from cxrcore.train.inputs import cache_root
 from cxrcore.train.rundir import Log, print_log

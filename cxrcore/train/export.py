@@ -92,9 +92,9 @@ def write_test_predictions(run_dir: Path, config: TrainConfig, data: TrainingDat
     The Results page lists runs/<run>/predictions/*.csv and checks leakage against the sidecar's train_split.
     Images come through tf.data on TensorFlow, through the decoded-image cache on other backends.
     """
-    from cxrcore.train.model import load_model
     from cxrcore.data.predictions import write_predictions
     from cxrcore.train.inputs import image_batches
+    from cxrcore.train.model import load_model
 
     loaded = load_model(run_dir / jobs.BEST_MODEL)
     frame = data.test.frame

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from cxrcore.data.dataset import IMAGE, Split
-from cxrcore.errors import CxrError, ImageError
 from cxrcore.data.labels import LABELS
+from cxrcore.errors import CxrError, ImageError
 from cxrcore.train.model import LoadedModel
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -57,8 +57,8 @@ def fit_normalization(loaded: LoadedModel, train: Split, image_root: str | os.Pa
 def predict_split(loaded: LoadedModel, split: Split, image_root: str | os.PathLike, *, batch_size: int = 16,
                   progress: ProgressCallback | None = None) -> np.ndarray:
     """(n, 14) probabilities in LABELS order for every image of the split (NaN for labels the model lacks)."""
-    from cxrcore.train.model import reorder_outputs
     from cxrcore.data.pipeline import image_dataset, resolve_image_paths
+    from cxrcore.train.model import reorder_outputs
 
     import keras
 

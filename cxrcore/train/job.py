@@ -12,8 +12,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError, CxrError
+from cxrcore.train import jobs
 from cxrcore.train.loop import TrainResult, train
 from cxrcore.train.rundir import Log, print_log
 from cxrcore.train.trainconfig import TrainConfig

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError, ModelError
+from cxrcore.train import jobs
 from cxrcore.train.callbacks import resumable_callbacks
 from cxrcore.train.data import TrainingData, prepare_data
 from cxrcore.train.devices import Runtime, device_label, start
@@ -32,8 +32,8 @@ from cxrcore.train.freeze import build_models
 from cxrcore.train.inputs import Feed, make_feed
 from cxrcore.train.rundir import Log, ScalarLog, check_fingerprints, metrics_columns, print_log, write_run_json
 from cxrcore.train.steps import Steps, make_steps, predict_logits
-from cxrcore.train.validation import validation_metrics
 from cxrcore.train.trainconfig import PRESET_NOTES, TrainConfig, preset_changes
+from cxrcore.train.validation import validation_metrics
 
 #: Seconds to sleep after every training step: lets tests (and demos of cancel/resume) catch a run mid-epoch.
 STEP_DELAY_ENV = "CXR_TRAIN_STEP_DELAY_S"

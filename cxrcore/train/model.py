@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Mapping, Sequence
 
 import numpy as np
 
+from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
+from cxrcore.data.pipeline import Normalization, prepare_images
 from cxrcore.errors import ConfigError, ModelError
 from cxrcore.fileio import (MAX_JSON_BYTES, MiB, atomic_write_text, limit, make_temp, open_for_reading, parse_json,
                             read_file_bytes, read_json_file)
-from cxrcore.data.labels import COURSE_LABEL_ORDER, LABELS, canonical_label
-from cxrcore.data.pipeline import Normalization, prepare_images
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

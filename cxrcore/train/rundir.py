@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cxrcore.train import jobs
 from cxrcore.errors import ConfigError
+from cxrcore.train import jobs
 from cxrcore.train.trainconfig import PRESET_NOTES, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover

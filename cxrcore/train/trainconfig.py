@@ -21,11 +21,11 @@ from typing import Any, Mapping
 
 from cxrcore.data.catalog import describe_folder
 from cxrcore.data.dataset import parse_split_spec
+from cxrcore.data.labels import LABELS, canonical_label
+from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
 from cxrcore.errors import ConfigError
 from cxrcore.fileio import MAX_JSON_BYTES, limit, parse_json, read_file_bytes
-from cxrcore.data.labels import LABELS, canonical_label
 from cxrcore.train.model import BACKBONE_LABELS, BACKBONES  # no Keras import: cxrcore.train.model imports Keras lazily
-from cxrcore.data.pipeline import NORMALIZATION_MODES, Augmentation
 
 #: Blocks that "last:N" can unfreeze: DenseNet121's dense blocks, ResNet50's stages conv2..conv5,
 #: EfficientNetV2-S's stages block1..block6, ViT-B/16's transformer layers, the small CNN's conv blocks.
