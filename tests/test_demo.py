@@ -397,3 +397,18 @@ def test_demo_command_module_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout.strip()
     assert json.loads(out.replace("'", '"')) == []
+
+
+def test_card_reports_the_one_click_models_leak_gap_per_seed():
+    cohort = plan_cohort(SMALL)
+    one = {"command": "python -m cxrcore train --preset demo --dataset data/demo --set seed=N", "lesson_shown": True,
+           "measured_on": "2030-01-03", "bench": "python bench/bench_demo_teaching.py --one-click-only",
+           "runs": [{"seed": 0, "valid": 0.861, "valid_leaky": 0.905, "gap": 0.044, "seconds": 171.0}]}
+    results = {"measured_on": "2030-01-02", "command": "python bench/bench_demo_teaching.py", "config": SMALL.to_dict(),
+               "model": "tiny", "epochs": 3, "image_size": 64, "train_seconds": 12.0, "distinct_mean_auroc_test": 0.9,
+               "all_mean_auroc_test": 0.8, "valid_mean_auroc": 0.81, "valid_leaky_mean_auroc": 0.86, "leak_gap": 0.05,
+               "one_click": one}
+    card = build_card(cohort, pd.DataFrame(columns=["Image Index", "Finding Label", "x", "y", "w", "h"]),
+                      teaching=results)
+    assert "seed 0: valid 0.861, valid_leaky 0.905, gap +0.044, 171 s" in card and "met in every run" in card
+    assert "--preset demo" in card and "only difference between the two validation splits" in card
