@@ -129,7 +129,7 @@ def render_demo_offer(dataset: ActiveDataset | None, *, key: str = "train_demo")
         return
     with st.container(border=True):
         st.markdown("**No trained model yet.** The Results and GradCAM explorer pages need one. Train the small "
-                    "demo model on this dataset: a small CNN at 128 px, 30 epochs, about two minutes on 2 "
+                    "demo model on this dataset: a small CNN at 128 px, 30 epochs, about 2 minutes on 2 "
                     "CPU cores, saved in runs/ like any other run.")
         if dataset is None or dataset.entry is None:
             st.caption("Choose a dataset folder (e.g. data/demo, made by `make run`) in the sidebar first.")

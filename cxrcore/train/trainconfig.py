@@ -82,7 +82,7 @@ IMAGENET_NOTE = ("ImageNet weights come from the Keras cache (~/.keras/models), 
                  "either, the settings are refused before anything starts.")
 PRESET_NOTES = {
     "demo": "small CNN at 128 px, trained from scratch for 30 epochs at one learning rate, without augmentation "
-            "or class weighting (the best epoch on valid is kept): about 3 minutes on 2 CPU cores. It learns its "
+            "or class weighting (the best epoch on valid is kept): about 2 minutes on 2 CPU cores. It learns its "
             "training patients well, so scored on the demo's valid_leaky (other images of those patients) it "
             "looks better than on valid: a teaching model, not a diagnostic one.",
     "cpu-classroom": "DenseNet121 at 160 px with ImageNet weights, only the classification head trained, "
